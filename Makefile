@@ -1,0 +1,50 @@
+# `make help` lists the targets. Every target creates the virtual environment on first use.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEBIAN_DATA := /usr/share/datasets/fashion-mnist
+
+.DEFAULT_GOAL := help
+.PHONY: help setup data-package repro test test-slow lint format clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(STAMP) ## Create .venv and install the project with its pinned torch/torchvision
+
+data-package: ## Install Debian's dataset-fashion-mnist when possible (root, apt-get, files absent)
+	@if [ -f $(DEBIAN_DATA)/train-images-idx3-ubyte.gz ]; then \
+		echo "Fashion-MNIST found in $(DEBIAN_DATA)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "Installing dataset-fashion-mnist with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+		echo "No dataset-fashion-mnist package here: the download stage will try params.yaml's other sources"; \
+	fi
+
+repro: setup data-package ## Run the whole DVC pipeline (only what changed re-runs)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+test: setup ## Run the test suite (offline, tiny generated data)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+
+test-slow: setup ## Also run the slow tests that train on the real dataset
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "slow or not slow"
+
+lint: setup ## Check lint and formatting with ruff
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup ## Fix lint and formatting where ruff can
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean: ## Remove the virtual environment and caches (keeps data and DVC's cache)
+	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info

@@ -1,0 +1,42 @@
+"""What every stage entry point shares: arguments, logging, timing and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from fmnist.errors import PipelineError
+
+log = logging.getLogger("fmnist")
+
+
+def stage_parser(description: str | None, model: bool = False) -> argparse.ArgumentParser:
+    """Return a parser with the options every stage takes (`--params`, and `--model` if asked)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--params", default="params.yaml", help="parameters file")
+    if model:
+        parser.add_argument("--model", required=True, help="a model name from params.yaml")
+    return parser
+
+
+def entry_point(main: Callable[[Sequence[str] | None], None]) -> Callable[..., None]:
+    """Wrap a stage's main: log its duration, and turn a PipelineError into one line and exit 1."""
+
+    @functools.wraps(main)
+    def wrapper(argv: Sequence[str] | None = None) -> None:
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+        name = main.__module__ if main.__module__ != "__main__" else sys.argv[0]
+        start = time.perf_counter()
+        try:
+            main(argv)
+        except PipelineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+        log.info("%s done in %.1f s", name, time.perf_counter() - start)
+
+    return wrapper

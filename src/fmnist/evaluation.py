@@ -1,0 +1,112 @@
+"""Score a trained model on the whole test set and check it against training's own record."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchmetrics.functional.classification import (
+    multiclass_confusion_matrix,
+    multiclass_precision,
+    multiclass_recall,
+)
+
+from fmnist.atomic import atomic_open
+from fmnist.data import Split, to_model_input
+from fmnist.engine import predict_logits
+from fmnist.errors import PipelineError
+
+# A reloaded model on the same device and batch size reproduces training's numbers exactly;
+# the slack only absorbs kernel differences when evaluation runs on another device.
+LOSS_RTOL = 1e-4
+ACCURACY_ATOL = 2e-4
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Test-set results: exact mean loss and accuracy, per-class scores, all predictions."""
+
+    loss: float
+    accuracy: float
+    predictions: torch.Tensor
+    confusion: torch.Tensor
+    precision: list[float]
+    recall: list[float]
+
+
+def evaluate_model(
+    model: nn.Module, test: Split, num_classes: int, device: torch.device, batch_size: int
+) -> Evaluation:
+    """Score `model` on every test sample; the result does not depend on `batch_size`."""
+    x, y = to_model_input(test.images, device), test.labels.to(device)
+    logits = predict_logits(model, x, batch_size)
+    loss = F.cross_entropy(logits, y, reduction="sum").item() / len(y)
+    predictions = logits.argmax(dim=1)
+    accuracy = (predictions == y).sum().item() / len(y)
+    kwargs = {"num_classes": num_classes, "validate_args": False}
+    return Evaluation(
+        loss=loss,
+        accuracy=accuracy,
+        predictions=predictions.cpu(),
+        confusion=multiclass_confusion_matrix(predictions, y, **kwargs).cpu(),
+        precision=multiclass_precision(predictions, y, average=None, **kwargs).cpu().tolist(),
+        recall=multiclass_recall(predictions, y, average=None, **kwargs).cpu().tolist(),
+    )
+
+
+def check_reproduces(name: str, evaluation: Evaluation, recorded: dict[str, float]) -> None:
+    """Fail unless the reloaded model scores what training recorded for its last epoch."""
+    loss_ok = math.isclose(evaluation.loss, recorded["test_loss"], rel_tol=LOSS_RTOL)
+    acc_ok = abs(evaluation.accuracy - recorded["test_accuracy"]) <= ACCURACY_ATOL
+    if not (loss_ok and acc_ok):
+        raise PipelineError(
+            f"{name}: the reloaded weights score loss {evaluation.loss:.6f}, accuracy "
+            f"{evaluation.accuracy:.4%}, but training recorded loss {recorded['test_loss']:.6f}, "
+            f"accuracy {recorded['test_accuracy']:.4%}: the saved file does not hold the model "
+            "that was trained"
+        )
+
+
+def metrics_record(
+    name: str,
+    meta: dict,
+    evaluation: Evaluation,
+    parameters: int,
+    device: torch.device,
+    train_seconds: float,
+) -> dict[str, object]:
+    """The per-model metrics file: stable keys that `dvc metrics show/diff` compare."""
+    return {
+        "model": name,
+        "arch": meta["arch"],
+        "loss": round(evaluation.loss, 6),
+        "accuracy": round(evaluation.accuracy, 6),
+        "train_seconds": train_seconds,
+        "parameters": parameters,
+        "device": device.type,
+    }
+
+
+def write_per_class(evaluation: Evaluation, classes: list[str], path: str | Path) -> None:
+    """Write precision, recall and support per class as CSV."""
+    support = evaluation.confusion.sum(dim=1).tolist()
+    with atomic_open(path) as handle:
+        handle.write("class,precision,recall,support\n")
+        for i, name in enumerate(classes):
+            handle.write(
+                f"{name},{evaluation.precision[i]:.4f},{evaluation.recall[i]:.4f},{support[i]}\n"
+            )
+
+
+def write_confusion_pairs(
+    evaluation: Evaluation, labels: torch.Tensor, classes: list[str], path: str | Path
+) -> None:
+    """Write one `actual,predicted` row of class names per test image, for DVC's confusion plot."""
+    with atomic_open(path) as handle:
+        handle.write("actual,predicted\n")
+        for truth, pred in zip(labels.tolist(), evaluation.predictions.tolist(), strict=True):
+            handle.write(f"{classes[truth]},{classes[pred]}\n")

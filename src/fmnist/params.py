@@ -1,0 +1,179 @@
+"""Load params.yaml into frozen, validated objects: the only place that reads it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from fmnist.errors import ParamsError
+
+# Kept here rather than imported from models.py so that validating params never imports torch;
+# a test checks that the model registry and this tuple agree.
+ARCHITECTURES = ("linear", "linear_relu", "tinyvgg")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class RuntimeParams:
+    """Where and how reproducibly to compute."""
+
+    device: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """Where to fetch the raw dataset from, in order."""
+
+    sources: tuple[str, ...]
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    """How to evaluate on the test set (the result does not depend on the batch size)."""
+
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """One model: its architecture and its own training hyperparameters."""
+
+    name: str
+    arch: str
+    hidden_units: int
+    lr: float
+    epochs: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Params:
+    """Everything params.yaml configures."""
+
+    runtime: RuntimeParams
+    data: DataParams
+    eval: EvalParams
+    models: Mapping[str, ModelParams]
+
+    def model(self, name: str) -> ModelParams:
+        """Return one model's params, or fail naming the models that exist."""
+        if name not in self.models:
+            known = ", ".join(self.models)
+            raise ParamsError(f"unknown model {name!r}: params.yaml defines {known}")
+        return self.models[name]
+
+
+Check = Callable[[Any, str], Any]
+
+
+def _positive_int(value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ParamsError(f"{path}: expected an integer > 0, got {value!r}")
+    return value
+
+
+def _int(value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ParamsError(f"{path}: expected an integer >= 0, got {value!r}")
+    return value
+
+
+def _positive_float(value: Any, path: str) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value <= 0:
+        raise ParamsError(f"{path}: expected a number > 0, got {value!r}")
+    return float(value)
+
+
+def _choice(*allowed: str) -> Check:
+    def check(value: Any, path: str) -> str:
+        if value not in allowed:
+            raise ParamsError(f"{path}: expected one of {', '.join(allowed)}; got {value!r}")
+        return value
+
+    return check
+
+
+def _sources(value: Any, path: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ParamsError(
+            f"{path}: expected a non-empty list of directories or URLs, got {value!r}"
+        )
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            raise ParamsError(f"{path}[{i}]: expected a directory or URL, got {item!r}")
+    return tuple(value)
+
+
+def _keep(value: Any, path: str) -> Any:
+    return value
+
+
+def _section(raw: Any, path: str, checks: Mapping[str, Check]) -> dict[str, Any]:
+    """Check one mapping: every key known, every key present, every value valid."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping with keys {', '.join(checks)}, got {raw!r}")
+    unknown = sorted(set(raw) - set(checks), key=str)
+    if unknown:
+        allowed = ", ".join(checks)
+        raise ParamsError(f"{path}.{unknown[0]}: unknown key (allowed: {allowed})")
+    missing = [key for key in checks if key not in raw]
+    if missing:
+        raise ParamsError(f"{path}.{missing[0]}: missing")
+    return {key: check(raw[key], f"{path}.{key}") for key, check in checks.items()}
+
+
+_MODEL_CHECKS: Mapping[str, Check] = {
+    "arch": _choice(*ARCHITECTURES),
+    "hidden_units": _positive_int,
+    "lr": _positive_float,
+    "epochs": _positive_int,
+    "batch_size": _positive_int,
+}
+
+
+def parse_params(raw: Any) -> Params:
+    """Validate a params mapping, naming the exact key path of the first problem."""
+    top = _section(
+        raw,
+        "params",
+        {"runtime": _keep, "data": _keep, "eval": _keep, "models": _keep},
+    )
+    runtime = RuntimeParams(
+        **_section(top["runtime"], "runtime", {"device": _choice(*DEVICES), "seed": _int})
+    )
+    data = DataParams(
+        **_section(top["data"], "data", {"sources": _sources, "timeout_s": _positive_float})
+    )
+    eval_params = EvalParams(**_section(top["eval"], "eval", {"batch_size": _positive_int}))
+    models_raw = top["models"]
+    if not isinstance(models_raw, dict) or not models_raw:
+        raise ParamsError(
+            f"models: expected a non-empty mapping of model sections, got {models_raw!r}"
+        )
+    models = {}
+    for name, section in models_raw.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ParamsError(f"models.{name}: a model name must be a plain identifier")
+        models[name] = ModelParams(name=name, **_section(section, f"models.{name}", _MODEL_CHECKS))
+    return Params(runtime=runtime, data=data, eval=eval_params, models=MappingProxyType(models))
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such file") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({exc})") from None
+    return parse_params(raw)

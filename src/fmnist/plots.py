@@ -1,0 +1,91 @@
+"""Pictures for people: sample grids, prediction grids, confusion matrices, comparison bars.
+
+matplotlib is imported here only, with the non-interactive Agg backend, so that stages which
+draw nothing never load it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from fmnist.atomic import atomic_path
+
+# No software/version stamp in PNGs, so identical inputs give identical bytes.
+PNG_METADATA = {"Software": None}
+RIGHT, WRONG = "green", "red"
+
+
+def save_figure(fig: plt.Figure, path: str | Path) -> None:
+    """Save a figure as PNG atomically and free its memory."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight", metadata=PNG_METADATA)
+    plt.close(fig)
+
+
+def pick(n_items: int, k: int, seed: int) -> list[int]:
+    """Pick `k` distinct indices reproducibly (numpy's generator, independent of torch)."""
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(n_items, size=min(k, n_items), replace=False).tolist())
+
+
+def image_grid(
+    images: np.ndarray,
+    titles: Sequence[str],
+    path: str | Path,
+    rows: int,
+    cols: int,
+    colors: Sequence[str] | None = None,
+) -> None:
+    """Draw grayscale images in a rows x cols grid, each titled (and optionally coloured)."""
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.3 * rows))
+    for i, ax in enumerate(np.asarray(axes).ravel()):
+        ax.axis("off")
+        if i < len(images):
+            ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
+            color = colors[i] if colors is not None else "black"
+            ax.set_title(titles[i], fontsize=9, color=color)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def prediction_titles(
+    predictions: Sequence[int], truths: Sequence[int], classes: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """Title each image 'Pred: X | Truth: Y' in green when right and red when wrong."""
+    titles = [
+        f"Pred: {classes[p]} | Truth: {classes[t]}"
+        for p, t in zip(predictions, truths, strict=True)
+    ]
+    colors = [RIGHT if p == t else WRONG for p, t in zip(predictions, truths, strict=True)]
+    return titles, colors
+
+
+def confusion_png(matrix: np.ndarray, classes: Sequence[str], path: str | Path, title: str) -> None:
+    """Draw a confusion matrix with mlxtend, as the lesson does."""
+    from mlxtend.plotting import plot_confusion_matrix
+
+    fig, ax = plot_confusion_matrix(conf_mat=matrix, class_names=list(classes), figsize=(10, 7))
+    ax.set_title(title)
+    save_figure(fig, path)
+
+
+def accuracy_bars(models: Sequence[str], accuracy: Sequence[float], path: str | Path) -> None:
+    """Draw test accuracy per model as horizontal bars, labelled with the value."""
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(models) + 1.2))
+    percent = [100 * a for a in accuracy]
+    bars = ax.barh(list(models), percent, color="#4c72b0")
+    ax.bar_label(bars, labels=[f"{p:.2f}%" for p in percent], padding=3)
+    ax.set_xlim(0, 105)
+    ax.set_xlabel("test accuracy (%)")
+    ax.invert_yaxis()
+    ax.set_title("Fashion-MNIST test accuracy by model")
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -1,0 +1,114 @@
+"""Train one configured model from scratch: seeding, epochs, per-epoch test metrics, timing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fmnist.atomic import atomic_open
+from fmnist.data import Split, to_model_input
+from fmnist.engine import Progress, epoch_batches, evaluate, train_one_epoch
+from fmnist.models import build_model
+from fmnist.params import ModelParams
+from fmnist.runtime import seed_everything
+
+HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """A trained model, its per-epoch history and how long training took."""
+
+    model: nn.Module
+    history: list[dict[str, float]]
+    seconds: float
+    device: torch.device
+
+
+def train_model(
+    hp: ModelParams,
+    train: Split,
+    test: Split,
+    *,
+    seed: int,
+    device: torch.device,
+    eval_batch_size: int,
+    progress: Callable[[int, int], Progress] | None = None,
+) -> TrainingResult:
+    """Train `hp`'s model with SGD, evaluating on the test set after every epoch.
+
+    `progress(epoch, n_batches)` may return a bar that counts the epoch's batches.
+    """
+    seed_everything(seed)
+    model = build_model(hp.arch, hp.hidden_units).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=hp.lr)
+    generator = torch.Generator().manual_seed(seed)
+    history = []
+    start = time.perf_counter()
+    x_train, y_train = to_model_input(train.images, device), train.labels.to(device)
+    x_test, y_test = to_model_input(test.images, device), test.labels.to(device)
+    for epoch in range(1, hp.epochs + 1):
+        batches = epoch_batches(len(train), hp.batch_size, generator)
+        bar = progress(epoch, len(batches)) if progress else None
+        try:
+            fit = train_one_epoch(model, x_train, y_train, batches, optimizer, bar)
+        finally:
+            if bar is not None and hasattr(bar, "close"):
+                bar.close()
+        scores = evaluate(model, x_test, y_test, eval_batch_size)
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": fit["loss"],
+                "train_accuracy": fit["accuracy"],
+                "test_loss": scores["loss"],
+                "test_accuracy": scores["accuracy"],
+            }
+        )
+    seconds = time.perf_counter() - start
+    return TrainingResult(model=model, history=history, seconds=seconds, device=device)
+
+
+def checkpoint_metadata(
+    hp: ModelParams, result: TrainingResult, classes: list[str], seed: int, eval_batch_size: int
+) -> dict[str, object]:
+    """Describe a trained model for its sidecar: how to rebuild it and what it scored."""
+    return {
+        "model": hp.name,
+        "arch": hp.arch,
+        "hidden_units": hp.hidden_units,
+        "in_channels": 1,
+        "image_size": 28,
+        "num_classes": len(classes),
+        "classes": classes,
+        "hyperparameters": {
+            "lr": hp.lr,
+            "epochs": hp.epochs,
+            "batch_size": hp.batch_size,
+            "optimizer": "SGD",
+            "seed": seed,
+        },
+        "trained_on": result.device.type,
+        "torch": torch.__version__,
+        # What the last epoch scored on the test set: evaluation checks the reloaded weights
+        # against it.
+        "final": {
+            "test_loss": result.history[-1]["test_loss"],
+            "test_accuracy": result.history[-1]["test_accuracy"],
+            "eval_batch_size": eval_batch_size,
+        },
+    }
+
+
+def write_history(history: list[dict[str, float]], path: str | Path) -> None:
+    """Write per-epoch metrics as CSV for DVC's linear plots."""
+    with atomic_open(path, "w") as handle:
+        handle.write(",".join(HISTORY_FIELDS) + "\n")
+        for row in history:
+            values = [str(int(row["epoch"]))] + [f"{row[k]:.6f}" for k in HISTORY_FIELDS[1:]]
+            handle.write(",".join(values) + "\n")

@@ -1,0 +1,24 @@
+"""DVC stage `download`: fetch the four Fashion-MNIST IDX files and verify their SHA-256."""
+
+import logging
+
+from fmnist.cli import entry_point, stage_parser
+from fmnist.download import fetch_dataset
+from fmnist.params import load_params
+from fmnist.paths import RAW_DIR
+
+log = logging.getLogger("fmnist.download")
+
+
+@entry_point
+def main(argv=None):
+    args = stage_parser(__doc__).parse_args(argv)
+    params = load_params(args.params)
+    used = fetch_dataset(params.data.sources, RAW_DIR, params.data.timeout_s)
+    for name, source in used.items():
+        log.info("%s <- %s", name, source)
+    log.info("wrote %s", RAW_DIR)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""DVC stage `evaluate@<model>`: reload saved weights, score the test set, draw the results."""
+
+import json
+import logging
+
+from fmnist.atomic import write_json
+from fmnist.checkpoint import load_checkpoint
+from fmnist.cli import entry_point, stage_parser
+from fmnist.data import load_split
+from fmnist.evaluation import (
+    check_reproduces,
+    evaluate_model,
+    metrics_record,
+    write_confusion_pairs,
+    write_per_class,
+)
+from fmnist.models import count_parameters
+from fmnist.params import load_params
+from fmnist.paths import (
+    CONFUSION_DIR,
+    IMAGES_DIR,
+    MODEL_METRICS_DIR,
+    PER_CLASS_DIR,
+    PREPARED_DIR,
+    TRAIN_METRICS_DIR,
+    weights_path,
+)
+from fmnist.runtime import resolve_device
+
+log = logging.getLogger("fmnist.evaluate")
+
+
+@entry_point
+def main(argv=None):
+    args = stage_parser(__doc__, model=True).parse_args(argv)
+    params = load_params(args.params)
+    name = params.model(args.model).name
+    device = resolve_device(params.runtime.device)
+    model, meta = load_checkpoint(weights_path(name), device)
+    test = load_split(PREPARED_DIR, "test")
+    classes = meta["classes"]
+
+    evaluation = evaluate_model(model, test, len(classes), device, params.eval.batch_size)
+    check_reproduces(name, evaluation, meta["final"])
+    timing = json.loads((TRAIN_METRICS_DIR / f"{name}.json").read_text())
+    record = metrics_record(
+        name, meta, evaluation, count_parameters(model), device, timing["train_seconds"]
+    )
+    write_json(MODEL_METRICS_DIR / f"{name}.json", record)
+    write_per_class(evaluation, classes, PER_CLASS_DIR / f"{name}.csv")
+    write_confusion_pairs(evaluation, test.labels, classes, CONFUSION_DIR / f"{name}.csv")
+
+    from fmnist.plots import confusion_png, image_grid, pick, prediction_titles
+
+    confusion_png(
+        evaluation.confusion.numpy(),
+        classes,
+        IMAGES_DIR / f"{name}_confusion.png",
+        f"{name}: test accuracy {evaluation.accuracy:.2%}",
+    )
+    chosen = pick(len(test), 9, params.runtime.seed)
+    titles, colors = prediction_titles(
+        evaluation.predictions[chosen].tolist(), test.labels[chosen].tolist(), classes
+    )
+    image_grid(
+        test.images[chosen].numpy(), titles, IMAGES_DIR / f"{name}_predictions.png", 3, 3, colors
+    )
+    log.info(
+        "%s: test loss %.4f, accuracy %.2f%%; wrote %s",
+        name,
+        evaluation.loss,
+        100 * evaluation.accuracy,
+        MODEL_METRICS_DIR / f"{name}.json",
+    )
+
+
+if __name__ == "__main__":
+    main()

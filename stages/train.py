@@ -1,0 +1,72 @@
+"""DVC stage `train@<model>`: train one model from params.yaml and save its weights."""
+
+import logging
+
+from fmnist.atomic import write_json
+from fmnist.checkpoint import save_checkpoint
+from fmnist.cli import entry_point, stage_parser
+from fmnist.data import load_classes, load_split
+from fmnist.params import load_params
+from fmnist.paths import CURVES_DIR, PREPARED_DIR, TRAIN_METRICS_DIR, weights_path
+from fmnist.progress import epoch_bars
+from fmnist.runtime import resolve_device
+from fmnist.training import checkpoint_metadata, train_model, write_history
+
+log = logging.getLogger("fmnist.train")
+
+
+@entry_point
+def main(argv=None):
+    args = stage_parser(__doc__, model=True).parse_args(argv)
+    params = load_params(args.params)
+    hp = params.model(args.model)
+    device = resolve_device(params.runtime.device)
+    train, test = load_split(PREPARED_DIR, "train"), load_split(PREPARED_DIR, "test")
+    classes = load_classes(PREPARED_DIR)
+    log.info(
+        "training %s (%s) on %s: %d images, %d epochs",
+        hp.name,
+        hp.arch,
+        device,
+        len(train),
+        hp.epochs,
+    )
+
+    result = train_model(
+        hp,
+        train,
+        test,
+        seed=params.runtime.seed,
+        device=device,
+        eval_batch_size=params.eval.batch_size,
+        progress=epoch_bars(hp.name, hp.epochs),
+    )
+    for row in result.history:
+        log.info(
+            "%s epoch %d: train loss %.4f acc %.2f%% | test loss %.4f acc %.2f%%",
+            hp.name,
+            row["epoch"],
+            row["train_loss"],
+            100 * row["train_accuracy"],
+            row["test_loss"],
+            100 * row["test_accuracy"],
+        )
+
+    meta = checkpoint_metadata(hp, result, classes, params.runtime.seed, params.eval.batch_size)
+    save_checkpoint(result.model, weights_path(hp.name), meta)
+    write_history(result.history, CURVES_DIR / f"{hp.name}.csv")
+    # Timing lives in its own file so that the weights and curves stay byte-identical per run.
+    write_json(
+        TRAIN_METRICS_DIR / f"{hp.name}.json",
+        {
+            "model": hp.name,
+            "device": device.type,
+            "train_seconds": round(result.seconds, 3),
+            "samples_per_second": round(hp.epochs * len(train) / result.seconds, 1),
+        },
+    )
+    log.info("%s trained in %.1f s; wrote %s", hp.name, result.seconds, weights_path(hp.name))
+
+
+if __name__ == "__main__":
+    main()
