@@ -14,7 +14,7 @@ log = logging.getLogger("fmnist.download")
 def main(argv=None):
     args = stage_parser(__doc__).parse_args(argv)
     params = load_params(args.params)
-    used = fetch_dataset(params.data.sources, RAW_DIR, params.data.timeout_s)
+    used = fetch_dataset(params.data.sources, params.data.sha256, RAW_DIR, params.data.timeout_s)
     for name, source in used.items():
         log.info("%s <- %s", name, source)
     log.info("wrote %s", RAW_DIR)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fmnist.atomic import atomic_path, write_json
+from fmnist.atomic import atomic_open, write_json
 from fmnist.errors import PipelineError
 from fmnist.models import build_model
 
@@ -30,8 +30,10 @@ def save_checkpoint(model: nn.Module, weights: str | Path, meta: dict[str, Any])
     if missing:
         raise ValueError(f"checkpoint metadata lacks {', '.join(missing)}")
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-    with atomic_path(weights) as tmp:
-        torch.save(state, tmp)
+    # Saving through a file handle, not a path: torch names the archive's inner folder after
+    # the path, and the temporary path is random, which would make every save differ.
+    with atomic_open(weights, "wb") as handle:
+        torch.save(state, handle)
     write_json(sidecar_path(weights), {"format": FORMAT_VERSION, **meta})
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from fmnist.atomic import atomic_path, write_json
+from fmnist.atomic import atomic_open, write_json
 from fmnist.errors import PipelineError
 
 SPLITS = ("train", "test")
@@ -50,8 +50,9 @@ def save_prepared(splits: dict[str, Split], classes: list[str], out_dir: str | P
     """Write each split as a .pt of plain tensors, and the class names as JSON."""
     out_dir = Path(out_dir)
     for name, split in splits.items():
-        with atomic_path(out_dir / f"{name}.pt") as tmp:
-            torch.save({"images": split.images, "labels": split.labels}, tmp)
+        # Through a handle so that the archive's inner name, hence its bytes, is stable.
+        with atomic_open(out_dir / f"{name}.pt", "wb") as handle:
+            torch.save({"images": split.images, "labels": split.labels}, handle)
     write_json(out_dir / CLASSES_FILE, classes)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,14 @@ from fmnist.errors import ParamsError
 # a test checks that the model registry and this tuple agree.
 ARCHITECTURES = ("linear", "linear_relu", "tinyvgg")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# The files torchvision's FashionMNIST reader expects, in the order the pipeline fetches them.
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,7 @@ class DataParams:
     """Where to fetch the raw dataset from, in order."""
 
     sources: tuple[str, ...]
+    sha256: Mapping[str, str]
     timeout_s: float
 
 
@@ -117,6 +127,19 @@ def _keep(value: Any, path: str) -> Any:
     return value
 
 
+def _checksums(value: Any, path: str) -> Mapping[str, str]:
+    if not isinstance(value, dict):
+        raise ParamsError(f"{path}: expected a mapping of file name to SHA-256, got {value!r}")
+    unknown = sorted(set(value) - set(IDX_FILES), key=str)
+    if unknown:
+        raise ParamsError(f"{path}.{unknown[0]}: unknown file (expected {', '.join(IDX_FILES)})")
+    for name in IDX_FILES:
+        digest = value.get(name)
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise ParamsError(f"{path}.{name}: expected 64 hexadecimal digits, got {digest!r}")
+    return MappingProxyType({name: value[name].lower() for name in IDX_FILES})
+
+
 def _section(raw: Any, path: str, checks: Mapping[str, Check]) -> dict[str, Any]:
     """Check one mapping: every key known, every key present, every value valid."""
     if not isinstance(raw, dict):
@@ -151,7 +174,11 @@ def parse_params(raw: Any) -> Params:
         **_section(top["runtime"], "runtime", {"device": _choice(*DEVICES), "seed": _int})
     )
     data = DataParams(
-        **_section(top["data"], "data", {"sources": _sources, "timeout_s": _positive_float})
+        **_section(
+            top["data"],
+            "data",
+            {"sources": _sources, "sha256": _checksums, "timeout_s": _positive_float},
+        )
     )
     eval_params = EvalParams(**_section(top["eval"], "eval", {"batch_size": _positive_int}))
     models_raw = top["models"]

@@ -1,0 +1,97 @@
+"""dvc.yaml must say exactly what each stage uses, or DVC skips a stage that should re-run."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fmnist import paths
+
+from .conftest import ROOT
+
+SRC = ROOT / "src"
+STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def _fmnist_imports(path: Path) -> set[str]:
+    """fmnist modules a file imports anywhere (top level or inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fmnist."):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("fmnist.")}
+    return found
+
+
+def _closure(script: Path) -> set[str]:
+    seen: set[str] = set()
+    todo = list(_fmnist_imports(script))
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += _fmnist_imports(SRC / (module.replace(".", "/") + ".py"))
+    return {f"src/{m.replace('.', '/')}.py" for m in seen}
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_deps_list_the_script_and_exactly_the_library_modules_it_uses(stage):
+    spec = STAGES[stage].get("do", STAGES[stage])
+    script = f"stages/{stage}.py"
+    assert spec["cmd"].startswith(f"python {script}")
+    declared = set(spec["deps"])
+    assert script in declared
+    library = {dep for dep in declared if dep.startswith("src/")}
+    assert library == _closure(ROOT / script)
+
+
+def test_outputs_match_the_library_paths():
+    outs = set()
+    for spec in STAGES.values():
+        spec = spec.get("do", spec)
+        for key in ("outs", "metrics"):
+            for out in spec.get(key, []):
+                outs.add(next(iter(out)) if isinstance(out, dict) else out)
+    key = "${key}"
+    assert str(paths.RAW_DIR) in outs and str(paths.PREPARED_DIR) in outs
+    assert str(paths.weights_path(key)) in outs
+    assert f"{paths.MODEL_METRICS_DIR}/{key}.json" in outs
+    assert f"{paths.TRAIN_METRICS_DIR}/{key}.json" in outs
+    assert f"{paths.CURVES_DIR}/{key}.csv" in outs
+    assert f"{paths.CONFUSION_DIR}/{key}.csv" in outs
+
+
+IMPORT_CHECK = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("stage", sys.argv[1])
+spec.loader.exec_module(importlib.util.module_from_spec(spec))
+print(json.dumps(sorted(m for m in sys.modules if "." not in m)))
+"""
+
+
+@pytest.mark.parametrize(
+    ("stage", "forbidden"),
+    [
+        ("download", {"torch", "torchvision", "matplotlib", "pandas", "numpy"}),
+        ("prepare", {"torchvision", "matplotlib"}),  # both imported only when used
+        ("train", {"torchvision", "matplotlib", "pandas", "torchmetrics"}),
+        # torchmetrics itself imports torchvision and matplotlib; evaluate draws anyway.
+        ("evaluate", {"pandas"}),
+        ("compare", {"torch", "torchvision"}),
+    ],
+)
+def test_stages_import_only_what_they_need(stage, forbidden):
+    out = subprocess.run(
+        [sys.executable, "-c", IMPORT_CHECK, str(ROOT / "stages" / f"{stage}.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert forbidden.isdisjoint(json.loads(out))

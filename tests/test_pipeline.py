@@ -1,0 +1,140 @@
+"""End to end: the real `dvc repro` in a temporary git repository, on tiny generated data."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import copy_project, tiny_params, write_params
+
+MODELS = ("model_0", "model_1", "model_2")
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    env = dict(os.environ)
+    # DVC runs each stage's `python` from PATH: make it the interpreter running the tests.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def dvc(*args: str, cwd: Path) -> str:
+    return run([str(Path(sys.executable).parent / "dvc"), *args], cwd)
+
+
+def ran_stages(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, tiny_data) -> Path:
+    """A git repository with the project, tiny params, and one full `dvc repro` done."""
+    root = tmp_path_factory.mktemp("repo")
+    run(["git", "init", "-q", "-b", "main"], root)
+    run(["git", "config", "user.email", "test@example.com"], root)
+    run(["git", "config", "user.name", "test"], root)
+    copy_project(root)
+    write_params(root / "params.yaml", tiny_params(tiny_data))
+    dvc("init", "-q", cwd=root)
+    dvc("config", "core.analytics", "false", cwd=root)
+    root.joinpath("first_repro.log").write_text(dvc("repro", cwd=root))
+    return root
+
+
+def test_repro_runs_every_stage_and_writes_every_output(repo):
+    ran = ran_stages((repo / "first_repro.log").read_text())
+    assert ran[:2] == ["download", "prepare"]
+    assert ran[-1] == "compare"
+    expected = {f"train@{m}" for m in MODELS} | {f"evaluate@{m}" for m in MODELS}
+    assert set(ran[2:-1]) == expected
+
+    outputs = [
+        "data/prepared/train.pt",
+        "metrics/data.json",
+        "plots/data/samples.png",
+        "metrics/comparison.csv",
+        "metrics/comparison.md",
+        "plots/comparison/accuracy.csv",
+        "plots/comparison/accuracy.png",
+    ]
+    for m in MODELS:
+        outputs += [
+            f"models/{m}.pth",
+            f"models/{m}.json",
+            f"plots/train/{m}.csv",
+            f"metrics/train/{m}.json",
+            f"metrics/models/{m}.json",
+            f"metrics/per_class/{m}.csv",
+            f"plots/confusion/{m}.csv",
+            f"plots/images/{m}_confusion.png",
+            f"plots/images/{m}_predictions.png",
+        ]
+    missing = [path for path in outputs if not (repo / path).is_file()]
+    assert missing == []
+
+    metrics = json.loads((repo / "metrics/models/model_2.json").read_text())
+    assert metrics["model"] == "model_2" and metrics["device"] == "cpu"
+    assert set(metrics) == {
+        "model", "arch", "loss", "accuracy", "train_seconds", "parameters", "device"
+    }  # fmt: skip
+    curves = (repo / "plots/train/model_0.csv").read_text().splitlines()
+    assert curves[0] == "epoch,train_loss,train_accuracy,test_loss,test_accuracy"
+    assert len(curves) == 3  # header + 2 epochs
+    confusion = (repo / "plots/confusion/model_1.csv").read_text().splitlines()
+    assert confusion[0] == "actual,predicted" and len(confusion) == 61
+
+
+def test_tiny_data_is_learnable(repo):
+    # The tiny classes are easy: a working pipeline beats chance by far.
+    accuracy = json.loads((repo / "metrics/models/model_0.json").read_text())["accuracy"]
+    assert accuracy > 0.5
+
+
+def test_metrics_and_plots_commands_see_everything(repo):
+    shown = json.loads(dvc("metrics", "show", "--json", cwd=repo))
+    files = next(iter(shown.values()))["data"]
+    for m in MODELS:
+        assert f"metrics/models/{m}.json" in files
+        assert files[f"metrics/models/{m}.json"]["data"]["model"] == m
+
+    plots = json.loads(dvc("plots", "show", "--json", cwd=repo))
+    assert not plots.get("errors")
+    names = set(plots["data"])
+    expected = {f"plots/train/{m}.csv" for m in MODELS}
+    expected |= {f"plots/confusion/{m}.csv" for m in MODELS}
+    expected |= {
+        f"plots/images/{m}_{kind}.png" for m in MODELS for kind in ("confusion", "predictions")
+    }
+    expected |= {
+        "plots/comparison/accuracy.csv",
+        "plots/comparison/accuracy.png",
+        "plots/data/samples.png",
+    }
+    assert expected <= names
+
+    out = repo / "plots_html"
+    dvc("plots", "show", "-o", str(out), cwd=repo)
+    page = (out / "index.html").read_text()
+    for name in expected:
+        assert re.sub(r"[/.]", "_", name) in page, name  # each plot's element id
+
+
+def test_a_second_repro_runs_nothing(repo):
+    output = dvc("repro", cwd=repo)
+    assert ran_stages(output) == []
+    assert "Data and pipelines are up to date" in output
+
+
+def test_changing_one_learning_rate_reruns_exactly_its_stages(repo, tiny_data):
+    write_params(repo / "params.yaml", tiny_params(tiny_data, model_2={"lr": 0.05}))
+    status = dvc("status", "--json", cwd=repo)
+    assert set(json.loads(status)) == {"train@model_2", "compare"}
+    ran = ran_stages(dvc("repro", cwd=repo))
+    assert sorted(ran) == ["compare", "evaluate@model_2", "train@model_2"]

@@ -1,0 +1,111 @@
+"""Each stage's main(argv) on tiny data, in-process, as DVC would run it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from fmnist.checkpoint import save_checkpoint
+from fmnist.data import load_classes, load_split
+from fmnist.models import build_model
+from fmnist.runtime import available_devices
+
+from .conftest import N_TEST, N_TRAIN, load_stage, tiny_params, write_params
+
+
+@pytest.fixture
+def prepared(project):
+    load_stage("download").main([])
+    load_stage("prepare").main([])
+    return project
+
+
+def test_prepare_writes_tensors_counts_and_samples(prepared):
+    train = load_split(prepared / "data/prepared", "train")
+    assert train.images.shape == (N_TRAIN, 28, 28) and train.images.dtype == torch.uint8
+    assert train.labels.dtype == torch.int64
+    classes = load_classes(prepared / "data/prepared")
+    assert classes[0] == "T-shirt/top" and classes[9] == "Ankle boot"
+    counts = json.loads((prepared / "metrics/data.json").read_text())
+    assert counts["train"]["total"] == N_TRAIN and counts["test"]["total"] == N_TEST
+    assert sum(counts["test"][c] for c in classes) == N_TEST
+    assert (prepared / "plots/data/samples.png").stat().st_size > 1000
+
+
+def test_model_input_matches_torchvision_to_tensor(prepared):
+    from torchvision.transforms.functional import pil_to_tensor, to_pil_image, to_tensor
+
+    from fmnist.data import to_model_input
+
+    images = load_split(prepared / "data/prepared", "test").images[:5]
+    ours = to_model_input(images, torch.device("cpu"))
+    lesson = torch.stack([to_tensor(to_pil_image(img)) for img in images])
+    assert torch.equal(ours, lesson)
+    assert torch.equal(pil_to_tensor(to_pil_image(images[0])), images[0].unsqueeze(0))
+
+
+def test_train_evaluate_compare(prepared):
+    load_stage("train").main(["--model", "model_0"])
+    sidecar = json.loads((prepared / "models/model_0.json").read_text())
+    assert sidecar["arch"] == "linear" and sidecar["hyperparameters"]["epochs"] == 2
+    assert "seconds" not in json.dumps(sidecar)  # timings live in metrics/train only
+    timing = json.loads((prepared / "metrics/train/model_0.json").read_text())
+    assert timing["train_seconds"] > 0
+
+    load_stage("evaluate").main(["--model", "model_0"])
+    metrics = json.loads((prepared / "metrics/models/model_0.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(sidecar["final"]["test_accuracy"])
+    assert metrics["train_seconds"] == timing["train_seconds"]
+    assert metrics["parameters"] == 784 * 8 + 8 + 8 * 10 + 10
+    per_class = (prepared / "metrics/per_class/model_0.csv").read_text().splitlines()
+    assert per_class[0] == "class,precision,recall,support" and len(per_class) == 11
+
+    params = tiny_params_with_only(prepared, "model_0")
+    write_params(prepared / "params.yaml", params)
+    load_stage("compare").main([])
+    table = (prepared / "metrics/comparison.csv").read_text().splitlines()
+    assert table[0] == "model,arch,loss,accuracy,train_seconds,parameters,device"
+    assert table[1].startswith("model_0,linear,")
+    assert "| model_0 | linear |" in (prepared / "metrics/comparison.md").read_text()
+    bars = (prepared / "plots/comparison/accuracy.csv").read_text().splitlines()
+    assert bars[0] == "model,accuracy" and bars[1].startswith("model_0,")
+
+
+def tiny_params_with_only(project, name):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["models"] = {name: params["models"][name]}
+    return params
+
+
+def test_evaluate_fails_loudly_when_the_weights_are_not_the_trained_ones(prepared, capsys):
+    load_stage("train").main(["--model", "model_0"])
+    torch.manual_seed(123)
+    impostor = build_model("linear", 8)
+    meta = json.loads((prepared / "models/model_0.json").read_text())
+    save_checkpoint(impostor, prepared / "models/model_0.pth", meta)
+    with pytest.raises(SystemExit) as exit_info:
+        load_stage("evaluate").main(["--model", "model_0"])
+    assert exit_info.value.code == 1
+    assert "does not hold the model that was trained" in capsys.readouterr().err
+    assert not (prepared / "metrics/models/model_0.json").exists()
+
+
+@pytest.mark.skipif("cuda" in available_devices(), reason="needs a machine without CUDA")
+def test_a_missing_device_is_an_error_not_a_fallback(prepared, tiny_data, capsys):
+    params = tiny_params(tiny_data)
+    params["runtime"]["device"] = "cuda"
+    write_params(prepared / "params.yaml", params)
+    with pytest.raises(SystemExit):
+        load_stage("train").main(["--model", "model_0"])
+    err = capsys.readouterr().err
+    assert "runtime.device: 'cuda' is not available on this machine" in err
+    assert not (prepared / "models").exists()
+
+
+def test_an_unknown_model_name_is_an_error(prepared, capsys):
+    with pytest.raises(SystemExit):
+        load_stage("train").main(["--model", "model_9"])
+    assert "unknown model 'model_9'" in capsys.readouterr().err
