@@ -1,6 +1,7 @@
 """DVC stage `compare`: one table and one chart of every model's test results."""
 
 import logging
+from collections.abc import Sequence
 
 from fmnist.cli import entry_point, stage_parser
 from fmnist.compare import load_metrics, write_comparison
@@ -12,7 +13,7 @@ log = logging.getLogger("fmnist.compare")
 
 
 @entry_point
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__).parse_args(argv)
     params = load_params(args.params)
     table = load_metrics(MODEL_METRICS_DIR, list(params.models))

@@ -1,6 +1,7 @@
 """DVC stage `download`: fetch the four Fashion-MNIST IDX files and verify their SHA-256."""
 
 import logging
+from collections.abc import Sequence
 
 from fmnist.cli import entry_point, stage_parser
 from fmnist.download import fetch_dataset
@@ -11,7 +12,7 @@ log = logging.getLogger("fmnist.download")
 
 
 @entry_point
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__).parse_args(argv)
     params = load_params(args.params)
     used = fetch_dataset(params.data.sources, params.data.sha256, RAW_DIR, params.data.timeout_s)

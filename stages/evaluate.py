@@ -2,7 +2,9 @@
 
 import json
 import logging
+from collections.abc import Sequence
 
+from fmnist import paths
 from fmnist.atomic import write_json
 from fmnist.checkpoint import load_checkpoint
 from fmnist.cli import entry_point, stage_parser
@@ -16,61 +18,51 @@ from fmnist.evaluation import (
 )
 from fmnist.models import count_parameters
 from fmnist.params import load_params
-from fmnist.paths import (
-    CONFUSION_DIR,
-    IMAGES_DIR,
-    MODEL_METRICS_DIR,
-    PER_CLASS_DIR,
-    PREPARED_DIR,
-    TRAIN_METRICS_DIR,
-    weights_path,
-)
 from fmnist.runtime import resolve_device
 
 log = logging.getLogger("fmnist.evaluate")
 
 
 @entry_point
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__, model=True).parse_args(argv)
     params = load_params(args.params)
     name = params.model(args.model).name
     device = resolve_device(params.runtime.device)
-    model, meta = load_checkpoint(weights_path(name), device)
-    test = load_split(PREPARED_DIR, "test")
+    model, meta = load_checkpoint(paths.weights_path(name), device)
+    test = load_split(paths.PREPARED_DIR, "test")
     classes = meta["classes"]
 
     evaluation = evaluate_model(model, test, len(classes), device, params.eval.batch_size)
     check_reproduces(name, evaluation, meta["final"])
-    timing = json.loads((TRAIN_METRICS_DIR / f"{name}.json").read_text())
+    timing = json.loads((paths.TRAIN_METRICS_DIR / f"{name}.json").read_text())
     record = metrics_record(
         name, meta, evaluation, count_parameters(model), device, timing["train_seconds"]
     )
-    write_json(MODEL_METRICS_DIR / f"{name}.json", record)
-    write_per_class(evaluation, classes, PER_CLASS_DIR / f"{name}.csv")
-    write_confusion_pairs(evaluation, test.labels, classes, CONFUSION_DIR / f"{name}.csv")
+    write_json(paths.MODEL_METRICS_DIR / f"{name}.json", record)
+    write_per_class(evaluation, classes, paths.PER_CLASS_DIR / f"{name}.csv")
+    write_confusion_pairs(evaluation, test.labels, classes, paths.CONFUSION_DIR / f"{name}.csv")
 
-    from fmnist.plots import confusion_png, image_grid, pick, prediction_titles
+    from fmnist.plots import confusion_png, prediction_grid
 
+    title = f"{name}: test accuracy {evaluation.accuracy:.2%}"
     confusion_png(
-        evaluation.confusion.numpy(),
+        evaluation.confusion.numpy(), classes, paths.IMAGES_DIR / f"{name}_confusion.png", title
+    )
+    prediction_grid(
+        test.images.numpy(),
+        evaluation.predictions.tolist(),
+        test.labels.tolist(),
         classes,
-        IMAGES_DIR / f"{name}_confusion.png",
-        f"{name}: test accuracy {evaluation.accuracy:.2%}",
-    )
-    chosen = pick(len(test), 9, params.runtime.seed)
-    titles, colors = prediction_titles(
-        evaluation.predictions[chosen].tolist(), test.labels[chosen].tolist(), classes
-    )
-    image_grid(
-        test.images[chosen].numpy(), titles, IMAGES_DIR / f"{name}_predictions.png", 3, 3, colors
+        paths.IMAGES_DIR / f"{name}_predictions.png",
+        params.runtime.seed,
     )
     log.info(
         "%s: test loss %.4f, accuracy %.2f%%; wrote %s",
         name,
         evaluation.loss,
         100 * evaluation.accuracy,
-        MODEL_METRICS_DIR / f"{name}.json",
+        paths.MODEL_METRICS_DIR / f"{name}.json",
     )
 
 

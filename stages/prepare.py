@@ -1,6 +1,7 @@
 """DVC stage `prepare`: read the IDX files once and write compact tensors for later stages."""
 
 import logging
+from collections.abc import Sequence
 
 from fmnist.atomic import write_json
 from fmnist.cli import entry_point, stage_parser
@@ -12,7 +13,7 @@ log = logging.getLogger("fmnist.prepare")
 
 
 @entry_point
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__).parse_args(argv)
     params = load_params(args.params)
     splits, classes = read_raw(DATA_ROOT)
@@ -23,18 +24,13 @@ def main(argv=None):
         {name: {"total": len(split), **counts[name]} for name, split in splits.items()},
     )
 
-    from fmnist.plots import image_grid, pick
+    from fmnist.plots import sample_grid
 
     train = splits["train"]
-    chosen = pick(len(train), 16, params.runtime.seed)
-    titles = [classes[int(train.labels[i])] for i in chosen]
-    image_grid(train.images[chosen].numpy(), titles, PLOTS_DIR / "data" / "samples.png", 4, 4)
-    log.info(
-        "wrote %s (%s), %s",
-        PREPARED_DIR,
-        ", ".join(f"{n}: {len(s)} images" for n, s in splits.items()),
-        PLOTS_DIR / "data" / "samples.png",
-    )
+    samples = PLOTS_DIR / "data" / "samples.png"
+    sample_grid(train.images.numpy(), train.labels.tolist(), classes, samples, params.runtime.seed)
+    sizes = ", ".join(f"{name}: {len(split)} images" for name, split in splits.items())
+    log.info("wrote %s (%s) and %s", PREPARED_DIR, sizes, samples)
 
 
 if __name__ == "__main__":

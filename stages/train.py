@@ -1,6 +1,7 @@
 """DVC stage `train@<model>`: train one model from params.yaml and save its weights."""
 
 import logging
+from collections.abc import Sequence
 
 from fmnist.atomic import write_json
 from fmnist.checkpoint import save_checkpoint
@@ -16,7 +17,7 @@ log = logging.getLogger("fmnist.train")
 
 
 @entry_point
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__, model=True).parse_args(argv)
     params = load_params(args.params)
     hp = params.model(args.model)

@@ -23,7 +23,9 @@ def _fmnist_imports(path: Path) -> set[str]:
     """fmnist modules a file imports anywhere (top level or inside functions)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fmnist."):
+        if isinstance(node, ast.ImportFrom) and node.module == "fmnist":
+            found |= {f"fmnist.{a.name}" for a in node.names}  # from fmnist import paths
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fmnist."):
             found.add(node.module)
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("fmnist.")}

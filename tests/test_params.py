@@ -58,6 +58,8 @@ def test_bad_values_name_the_key(raw, path, value, message):
 def test_unknown_and_missing_keys(raw):
     with pytest.raises(ParamsError, match=r"^models\.model_0\.momentum: unknown key"):
         parse_params(_mutate(raw, "models.model_0.momentum", 0.9))
+    with pytest.raises(ParamsError, match=r"^training: unknown key \(allowed: runtime, data"):
+        parse_params({**raw, "training": {}})
     without_seed = copy.deepcopy(raw)
     del without_seed["runtime"]["seed"]
     with pytest.raises(ParamsError, match=r"^runtime\.seed: missing"):

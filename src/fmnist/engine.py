@@ -15,20 +15,28 @@ from torch.nn import functional as F
 
 
 class Progress(Protocol):
-    """Anything that can count processed batches (a tqdm bar, for instance)."""
+    """Anything that can count processed batches and be closed (a tqdm bar, for instance)."""
 
     def update(self, n: int = 1) -> object: ...
 
+    def close(self) -> object: ...
 
-def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """Return one epoch of shuffled index batches, drawing from `generator` as DataLoader does."""
+
+def epoch_batches(
+    n: int, batch_size: int, generator: torch.Generator, device: torch.device | str = "cpu"
+) -> list[torch.Tensor]:
+    """Return one epoch of shuffled index batches, drawing from `generator` as DataLoader does.
+
+    `generator` is a CPU generator, as DataLoader's is; the indices are then moved to `device`
+    in one transfer.
+    """
     # A DataLoader iterator draws an int64 base seed for its workers when it is created, even
     # with no workers; RandomSampler then draws the epoch's permutation and, once exhausted, a
     # second permutation for the `num_samples % n` tail, which it throws away.
     torch.empty((), dtype=torch.int64).random_(generator=generator)
     order = torch.randperm(n, generator=generator)
     torch.randperm(n, generator=generator)
-    return list(order.split(batch_size))
+    return list(order.to(device).split(batch_size))
 
 
 def train_one_epoch(
@@ -46,7 +54,6 @@ def train_one_epoch(
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
     for index in batches:
-        index = index.to(device, non_blocking=True)
         x, y = images.index_select(0, index), labels.index_select(0, index)
         logits = model(x)
         loss = F.cross_entropy(logits, y)
@@ -69,15 +76,15 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int) -> t
     return torch.cat([model(chunk) for chunk in images.split(batch_size)])
 
 
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    batch_size: int,
-) -> dict[str, float]:
+def score_logits(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Return the exact mean cross-entropy and accuracy over all samples."""
-    logits = predict_logits(model, images, batch_size)
     loss = F.cross_entropy(logits, labels, reduction="sum") / len(labels)
     correct = (logits.argmax(dim=1) == labels).sum()
     return {"loss": loss.item(), "accuracy": correct.item() / len(labels)}
+
+
+def evaluate(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int
+) -> dict[str, float]:
+    """Score `model` on every sample; `batch_size` changes speed and memory, not the result."""
+    return score_logits(predict_logits(model, images, batch_size), labels)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torchmetrics.functional.classification import (
     multiclass_confusion_matrix,
     multiclass_precision,
@@ -17,7 +16,7 @@ from torchmetrics.functional.classification import (
 
 from fmnist.atomic import atomic_open
 from fmnist.data import Split, to_model_input
-from fmnist.engine import predict_logits
+from fmnist.engine import predict_logits, score_logits
 from fmnist.errors import PipelineError
 
 # A reloaded model on the same device and batch size reproduces training's numbers exactly;
@@ -44,13 +43,12 @@ def evaluate_model(
     """Score `model` on every test sample; the result does not depend on `batch_size`."""
     x, y = to_model_input(test.images, device), test.labels.to(device)
     logits = predict_logits(model, x, batch_size)
-    loss = F.cross_entropy(logits, y, reduction="sum").item() / len(y)
+    scores = score_logits(logits, y)
     predictions = logits.argmax(dim=1)
-    accuracy = (predictions == y).sum().item() / len(y)
     kwargs = {"num_classes": num_classes, "validate_args": False}
     return Evaluation(
-        loss=loss,
-        accuracy=accuracy,
+        loss=scores["loss"],
+        accuracy=scores["accuracy"],
         predictions=predictions.cpu(),
         confusion=multiclass_confusion_matrix(predictions, y, **kwargs).cpu(),
         precision=multiclass_precision(predictions, y, average=None, **kwargs).cpu().tolist(),

@@ -90,7 +90,7 @@ def _positive_int(value: Any, path: str) -> int:
     return value
 
 
-def _int(value: Any, path: str) -> int:
+def _non_negative_int(value: Any, path: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ParamsError(f"{path}: expected an integer >= 0, got {value!r}")
     return value
@@ -143,15 +143,20 @@ def _checksums(value: Any, path: str) -> Mapping[str, str]:
 def _section(raw: Any, path: str, checks: Mapping[str, Check]) -> dict[str, Any]:
     """Check one mapping: every key known, every key present, every value valid."""
     if not isinstance(raw, dict):
-        raise ParamsError(f"{path}: expected a mapping with keys {', '.join(checks)}, got {raw!r}")
+        where = path or "params.yaml"
+        raise ParamsError(f"{where}: expected a mapping with keys {', '.join(checks)}, got {raw!r}")
+
+    def key_path(key: Any) -> str:
+        return f"{path}.{key}" if path else str(key)
+
     unknown = sorted(set(raw) - set(checks), key=str)
     if unknown:
         allowed = ", ".join(checks)
-        raise ParamsError(f"{path}.{unknown[0]}: unknown key (allowed: {allowed})")
+        raise ParamsError(f"{key_path(unknown[0])}: unknown key (allowed: {allowed})")
     missing = [key for key in checks if key not in raw]
     if missing:
-        raise ParamsError(f"{path}.{missing[0]}: missing")
-    return {key: check(raw[key], f"{path}.{key}") for key, check in checks.items()}
+        raise ParamsError(f"{key_path(missing[0])}: missing")
+    return {key: check(raw[key], key_path(key)) for key, check in checks.items()}
 
 
 _MODEL_CHECKS: Mapping[str, Check] = {
@@ -165,13 +170,11 @@ _MODEL_CHECKS: Mapping[str, Check] = {
 
 def parse_params(raw: Any) -> Params:
     """Validate a params mapping, naming the exact key path of the first problem."""
-    top = _section(
-        raw,
-        "params",
-        {"runtime": _keep, "data": _keep, "eval": _keep, "models": _keep},
-    )
+    top = _section(raw, "", {"runtime": _keep, "data": _keep, "eval": _keep, "models": _keep})
     runtime = RuntimeParams(
-        **_section(top["runtime"], "runtime", {"device": _choice(*DEVICES), "seed": _int})
+        **_section(
+            top["runtime"], "runtime", {"device": _choice(*DEVICES), "seed": _non_negative_int}
+        )
     )
     data = DataParams(
         **_section(

@@ -56,16 +56,37 @@ def image_grid(
     save_figure(fig, path)
 
 
-def prediction_titles(
-    predictions: Sequence[int], truths: Sequence[int], classes: Sequence[str]
-) -> tuple[list[str], list[str]]:
-    """Title each image 'Pred: X | Truth: Y' in green when right and red when wrong."""
-    titles = [
-        f"Pred: {classes[p]} | Truth: {classes[t]}"
-        for p, t in zip(predictions, truths, strict=True)
-    ]
-    colors = [RIGHT if p == t else WRONG for p, t in zip(predictions, truths, strict=True)]
-    return titles, colors
+def sample_grid(
+    images: np.ndarray,
+    labels: Sequence[int],
+    classes: Sequence[str],
+    path: str | Path,
+    seed: int,
+    rows: int = 4,
+    cols: int = 4,
+) -> None:
+    """Draw randomly picked images titled with their class names."""
+    chosen = pick(len(images), rows * cols, seed)
+    titles = [classes[int(labels[i])] for i in chosen]
+    image_grid(images[chosen], titles, path, rows, cols)
+
+
+def prediction_grid(
+    images: np.ndarray,
+    predictions: Sequence[int],
+    truths: Sequence[int],
+    classes: Sequence[str],
+    path: str | Path,
+    seed: int,
+    rows: int = 3,
+    cols: int = 3,
+) -> None:
+    """Draw random images titled 'Pred: X | Truth: Y', green when right and red when wrong."""
+    chosen = pick(len(images), rows * cols, seed)
+    pairs = [(int(predictions[i]), int(truths[i])) for i in chosen]
+    titles = [f"Pred: {classes[p]} | Truth: {classes[t]}" for p, t in pairs]
+    colors = [RIGHT if p == t else WRONG for p, t in pairs]
+    image_grid(images[chosen], titles, path, rows, cols, colors)
 
 
 def confusion_png(matrix: np.ndarray, classes: Sequence[str], path: str | Path, title: str) -> None:

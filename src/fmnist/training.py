@@ -53,12 +53,12 @@ def train_model(
     x_train, y_train = to_model_input(train.images, device), train.labels.to(device)
     x_test, y_test = to_model_input(test.images, device), test.labels.to(device)
     for epoch in range(1, hp.epochs + 1):
-        batches = epoch_batches(len(train), hp.batch_size, generator)
+        batches = epoch_batches(len(train), hp.batch_size, generator, device)
         bar = progress(epoch, len(batches)) if progress else None
         try:
             fit = train_one_epoch(model, x_train, y_train, batches, optimizer, bar)
         finally:
-            if bar is not None and hasattr(bar, "close"):
+            if bar is not None:
                 bar.close()
         scores = evaluate(model, x_test, y_test, eval_batch_size)
         history.append(
