@@ -70,3 +70,14 @@ def test_a_malicious_pickle_is_never_executed(tmp_path):
     # The file is a real exploit: loading it unsafely does run its code.
     torch.load(weights, weights_only=False)
     assert marker.exists()
+
+
+@pytest.mark.parametrize("sidecar", ["[1, 2]", '{"format": 1, "arch": "linear"}', "{not json"])
+def test_a_bad_sidecar_is_rejected(tmp_path, sidecar):
+    weights = tmp_path / "m.pth"
+    save_checkpoint(
+        build_model("linear", 4), weights, {**META, "arch": "linear", "hidden_units": 4}
+    )
+    sidecar_path(weights).write_text(sidecar)
+    with pytest.raises(PipelineError, match=r"m\.json: not"):
+        load_checkpoint(weights)

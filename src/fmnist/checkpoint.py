@@ -46,7 +46,8 @@ def load_metadata(weights: str | Path) -> dict[str, Any]:
         raise PipelineError(f"{path}: missing sidecar for {weights}") from None
     except json.JSONDecodeError as exc:
         raise PipelineError(f"{path}: not valid JSON ({exc})") from None
-    if meta.get("format") != FORMAT_VERSION or any(key not in meta for key in ARCH_KEYS):
+    valid = isinstance(meta, dict) and meta.get("format") == FORMAT_VERSION
+    if not valid or any(key not in meta for key in ARCH_KEYS):
         raise PipelineError(f"{path}: not a checkpoint sidecar of format {FORMAT_VERSION}")
     return meta
 
