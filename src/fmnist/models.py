@@ -32,8 +32,8 @@ class LinearReLUModel(nn.Module):
             nn.Linear(in_features, hidden_units),
             nn.ReLU(),
             nn.Linear(hidden_units, num_classes),
-            # Kept from the lesson: a ReLU on the logits clips negative scores to zero, which
-            # is why this model trails the plain linear one.
+            # Kept from the lesson: a ReLU on the logits clips negative scores to zero, so
+            # classes can tie at zero and lose gradient; it usually costs accuracy.
             nn.ReLU(),
         )
 
