@@ -40,12 +40,13 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_open(path) as handle:
+        frame.to_csv(handle, index=False, float_format="%.6g", lineterminator="\n")
+
+
 def write_comparison(table: pd.DataFrame, csv_path: Path, md_path: Path, plot_data: Path) -> None:
     """Write the table as CSV and Markdown, and (model, accuracy) rows for DVC's bar plot."""
-    with atomic_open(csv_path) as handle:
-        table.to_csv(handle, index=False, float_format="%.6g", lineterminator="\n")
+    _write_csv(table, csv_path)
     write_text(md_path, to_markdown(table))
-    with atomic_open(plot_data) as handle:
-        table[["model", "accuracy"]].to_csv(
-            handle, index=False, float_format="%.6g", lineterminator="\n"
-        )
+    _write_csv(table[["model", "accuracy"]], plot_data)
