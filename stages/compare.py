@@ -1,13 +1,15 @@
-"""DVC stage `compare`: one table and one chart of every model's test results."""
+"""DVC stage `compare`: tables and figures of every model's test results, without torch."""
 
+import json
 import logging
 from collections.abc import Sequence
 
+from fmnist import paths
 from fmnist.cli import entry_point, stage_parser
-from fmnist.compare import load_metrics, write_comparison
+from fmnist.compare import confusion_counts, load_metrics, load_predictions, write_comparison
+from fmnist.idx import read_idx
 from fmnist.params import load_params
-from fmnist.paths import COMPARISON_DIR, METRICS_DIR, MODEL_METRICS_DIR
-from fmnist.plots import accuracy_bars
+from fmnist.plots import accuracy_bars, confusion_png, prediction_grid, sample_grid
 
 log = logging.getLogger("fmnist.compare")
 
@@ -16,17 +18,41 @@ log = logging.getLogger("fmnist.compare")
 def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__).parse_args(argv)
     params = load_params(args.params)
-    table = load_metrics(MODEL_METRICS_DIR, list(params.models))
+    seed = params.runtime.seed
+    table = load_metrics(paths.MODEL_METRICS_DIR, paths.TRAIN_METRICS_DIR, list(params.models))
     write_comparison(
         table,
-        METRICS_DIR / "comparison.csv",
-        METRICS_DIR / "comparison.md",
-        COMPARISON_DIR / "accuracy.csv",
+        paths.METRICS_DIR / "comparison.csv",
+        paths.METRICS_DIR / "comparison.md",
+        paths.COMPARISON_DIR / "accuracy.csv",
     )
     accuracy_bars(
-        table["model"].tolist(), table["accuracy"].tolist(), COMPARISON_DIR / "accuracy.png"
+        table["model"].tolist(), table["accuracy"].tolist(), paths.COMPARISON_DIR / "accuracy.png"
     )
-    log.info("compared %s; wrote %s", ", ".join(table["model"]), METRICS_DIR / "comparison.md")
+
+    # The figures are drawn here, once for all models, so that evaluate never pays for
+    # matplotlib and mlxtend: their imports cost more than evaluating a model does.
+    classes = json.loads((paths.PREPARED_DIR / "classes.json").read_text())
+    train_images = read_idx(paths.RAW_DIR / "train-images-idx3-ubyte")
+    train_labels = read_idx(paths.RAW_DIR / "train-labels-idx1-ubyte")
+    sample_grid(train_images, train_labels.tolist(), classes, paths.SAMPLES_PNG, seed)
+    test_images = read_idx(paths.RAW_DIR / "t10k-images-idx3-ubyte")
+    for row in table.itertuples(index=False):
+        actual, predicted = load_predictions(paths.CONFUSION_DIR / f"{row.model}.csv", classes)
+        title = f"{row.model}: test accuracy {row.accuracy:.2%}"
+        matrix = confusion_counts(actual, predicted, len(classes))
+        confusion_png(matrix, classes, paths.IMAGES_DIR / f"{row.model}_confusion.png", title)
+        prediction_grid(
+            test_images,
+            predicted.tolist(),
+            actual.tolist(),
+            classes,
+            paths.IMAGES_DIR / f"{row.model}_predictions.png",
+            seed,
+        )
+    log.info(
+        "compared %s; wrote %s", ", ".join(table["model"]), paths.METRICS_DIR / "comparison.md"
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
 """DVC stage `evaluate@<model>`: reload saved weights, score the test set, draw the results."""
 
-import json
 import logging
 from collections.abc import Sequence
 
@@ -18,7 +17,7 @@ from fmnist.evaluation import (
 )
 from fmnist.models import count_parameters
 from fmnist.params import load_params
-from fmnist.runtime import resolve_device
+from fmnist.runtime import place_model, resolve_device, set_threads
 
 log = logging.getLogger("fmnist.evaluate")
 
@@ -29,34 +28,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params(args.params)
     name = params.model(args.model).name
     device = resolve_device(params.runtime.device)
-    model, meta = load_checkpoint(paths.weights_path(name), device)
+    set_threads(params.runtime.threads)
+    # The sidecar must describe the model params.yaml configures, or this is a stale file.
+    model, meta = load_checkpoint(paths.weights_path(name), device, expected=params.model(name))
+    model = place_model(model, device)
     test = load_split(paths.PREPARED_DIR, "test")
     classes = meta["classes"]
 
-    evaluation = evaluate_model(model, test, len(classes), device, params.eval.batch_size)
-    check_reproduces(name, evaluation, meta["final"])
-    timing = json.loads((paths.TRAIN_METRICS_DIR / f"{name}.json").read_text())
-    record = metrics_record(
-        name, meta, evaluation, count_parameters(model), device, timing["train_seconds"]
+    # Scored in the precision the model was trained in, so that it reproduces training's record.
+    precision = meta["hyperparameters"]["precision"]
+    evaluation = evaluate_model(
+        model, test, len(classes), device, params.eval.batch_size, precision
     )
+    check_reproduces(name, evaluation, meta["final"])
+    record = metrics_record(name, meta, evaluation, count_parameters(model), device)
     write_json(paths.MODEL_METRICS_DIR / f"{name}.json", record)
     write_per_class(evaluation, classes, paths.PER_CLASS_DIR / f"{name}.csv")
     write_confusion_pairs(evaluation, test.labels, classes, paths.CONFUSION_DIR / f"{name}.csv")
 
-    from fmnist.plots import confusion_png, prediction_grid
-
-    title = f"{name}: test accuracy {evaluation.accuracy:.2%}"
-    confusion_png(
-        evaluation.confusion.numpy(), classes, paths.IMAGES_DIR / f"{name}_confusion.png", title
-    )
-    prediction_grid(
-        test.images.numpy(),
-        evaluation.predictions.tolist(),
-        test.labels.tolist(),
-        classes,
-        paths.IMAGES_DIR / f"{name}_predictions.png",
-        params.runtime.seed,
-    )
     log.info(
         "%s: test loss %.4f, accuracy %.2f%%; wrote %s",
         name,

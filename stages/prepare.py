@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from fmnist.atomic import write_json
 from fmnist.cli import entry_point, stage_parser
 from fmnist.data import class_counts, read_raw, save_prepared
-from fmnist.params import load_params
-from fmnist.paths import DATA_ROOT, METRICS_DIR, PLOTS_DIR, PREPARED_DIR
+from fmnist.errors import PipelineError
+from fmnist.params import IDX_FILES, load_params
+from fmnist.paths import DATA_ROOT, METRICS_DIR, PREPARED_DIR, RAW_DIR
 
 log = logging.getLogger("fmnist.prepare")
 
@@ -15,7 +16,10 @@ log = logging.getLogger("fmnist.prepare")
 @entry_point
 def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__).parse_args(argv)
-    params = load_params(args.params)
+    load_params(args.params)  # nothing here is configurable, but bad params fail before work
+    missing = [name for name in IDX_FILES if not (RAW_DIR / name).is_file()]
+    if missing:
+        raise PipelineError(f"{RAW_DIR / missing[0]}: missing; run `dvc repro download` first")
     splits, classes = read_raw(DATA_ROOT)
     save_prepared(splits, classes, PREPARED_DIR)
     counts = {name: class_counts(split, classes) for name, split in splits.items()}
@@ -23,14 +27,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         METRICS_DIR / "data.json",
         {name: {"total": len(split), **counts[name]} for name, split in splits.items()},
     )
-
-    from fmnist.plots import sample_grid
-
-    train = splits["train"]
-    samples = PLOTS_DIR / "data" / "samples.png"
-    sample_grid(train.images.numpy(), train.labels.tolist(), classes, samples, params.runtime.seed)
     sizes = ", ".join(f"{name}: {len(split)} images" for name, split in splits.items())
-    log.info("wrote %s (%s) and %s", PREPARED_DIR, sizes, samples)
+    log.info("wrote %s (%s)", PREPARED_DIR, sizes)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from fmnist.data import load_classes, load_split
 from fmnist.params import load_params
 from fmnist.paths import CURVES_DIR, PREPARED_DIR, TRAIN_METRICS_DIR, weights_path
 from fmnist.progress import epoch_bars
-from fmnist.runtime import resolve_device
+from fmnist.runtime import resolve_device, resolve_precision, set_threads
 from fmnist.training import checkpoint_metadata, train_model, write_history
 
 log = logging.getLogger("fmnist.train")
@@ -22,13 +22,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params(args.params)
     hp = params.model(args.model)
     device = resolve_device(params.runtime.device)
+    precision = resolve_precision(hp.precision, device)
+    set_threads(params.runtime.threads)
     train, test = load_split(PREPARED_DIR, "train"), load_split(PREPARED_DIR, "test")
     classes = load_classes(PREPARED_DIR)
     log.info(
-        "training %s (%s) on %s: %d images, %d epochs",
+        "training %s (%s) on %s in %s: %d images, %d epochs",
         hp.name,
         hp.arch,
         device,
+        precision,
         len(train),
         hp.epochs,
     )
@@ -40,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         seed=params.runtime.seed,
         device=device,
         eval_batch_size=params.eval.batch_size,
+        precision=precision,
         progress=epoch_bars(hp.name, hp.epochs),
     )
     for row in result.history:
@@ -53,7 +57,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             100 * row["test_accuracy"],
         )
 
-    meta = checkpoint_metadata(hp, result, classes, params.runtime.seed, params.eval.batch_size)
+    meta = checkpoint_metadata(
+        hp, result, classes, params.runtime.seed, params.eval.batch_size, precision
+    )
     save_checkpoint(result.model, weights_path(hp.name), meta)
     write_history(result.history, CURVES_DIR / f"{hp.name}.csv")
     # Timing lives in its own file so that the weights and curves stay byte-identical per run.

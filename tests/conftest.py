@@ -68,20 +68,35 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> TinyData:
 def tiny_params(tiny: TinyData, **model_overrides: dict) -> dict:
     """A params mapping that runs the whole pipeline on the tiny data in seconds."""
     models = {
-        "model_0": {"arch": "linear", "hidden_units": 8, "lr": 0.1, "epochs": 2, "batch_size": 16},
+        "model_0": {
+            "arch": "linear",
+            "hidden_units": 8,
+            "lr": 0.1,
+            "epochs": 2,
+            "batch_size": 16,
+            "precision": "fp32",
+        },
         "model_1": {
             "arch": "linear_relu",
             "hidden_units": 8,
             "lr": 0.1,
             "epochs": 2,
             "batch_size": 16,
+            "precision": "fp32",
         },
-        "model_2": {"arch": "tinyvgg", "hidden_units": 4, "lr": 0.1, "epochs": 2, "batch_size": 16},
+        "model_2": {
+            "arch": "tinyvgg",
+            "hidden_units": 4,
+            "lr": 0.1,
+            "epochs": 2,
+            "batch_size": 16,
+            "precision": "fp32",
+        },
     }
     for name, changes in model_overrides.items():
         models[name] = {**models[name], **changes}
     return {
-        "runtime": {"device": "cpu", "seed": 42},
+        "runtime": {"device": "cpu", "seed": 42, "threads": 0},
         "data": {"sources": [str(tiny.source)], "sha256": dict(tiny.sha256), "timeout_s": 5},
         "eval": {"batch_size": 25},
         "models": models,

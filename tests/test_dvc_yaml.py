@@ -82,11 +82,10 @@ print(json.dumps(sorted(m for m in sys.modules if "." not in m)))
     ("stage", "forbidden"),
     [
         ("download", {"torch", "torchvision", "matplotlib", "pandas", "numpy"}),
-        ("prepare", {"torchvision", "matplotlib"}),  # both imported only when used
-        ("train", {"torchvision", "matplotlib", "pandas", "torchmetrics"}),
-        # torchmetrics itself imports torchvision and matplotlib; evaluate draws anyway.
-        ("evaluate", {"pandas"}),
-        ("compare", {"torch", "torchvision"}),
+        ("prepare", {"torchvision", "matplotlib", "pandas"}),  # torchvision only when reading
+        ("train", {"torchvision", "matplotlib", "pandas", "torchmetrics", "PIL"}),
+        ("evaluate", {"torchvision", "matplotlib", "pandas", "torchmetrics", "mlxtend", "PIL"}),
+        ("compare", {"torch", "torchvision", "torchmetrics"}),  # mlxtend only when drawing
     ],
 )
 def test_stages_import_only_what_they_need(stage, forbidden):

@@ -1,4 +1,10 @@
 import copy
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -6,7 +12,7 @@ import yaml
 from fmnist.errors import ParamsError
 from fmnist.params import ARCHITECTURES, load_params, parse_params
 
-from .conftest import ROOT
+from .conftest import ROOT, load_stage, tiny_params, write_params
 
 
 @pytest.fixture
@@ -51,8 +57,56 @@ def _mutate(raw: dict, path: str, value) -> dict:
     ],
 )
 def test_bad_values_name_the_key(raw, path, value, message):
-    with pytest.raises(ParamsError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ParamsError, match="^" + re.escape(message)) as info:
         parse_params(_mutate(raw, path, value))
+    assert "\n" not in str(info.value)
+
+
+M = "models.model_0"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (f"{M}.hidden_units", 0, f"{M}.hidden_units: expected an integer > 0, got 0"),
+        ("models.model_2.lr", 0, "models.model_2.lr: expected a number > 0, got 0"),
+        ("models.model_2.lr", float("inf"), "models.model_2.lr: expected a number > 0, got inf"),
+        (f"{M}.epochs", -3, f"{M}.epochs: expected an integer > 0, got -3"),
+        (f"{M}.batch_size", "32", f"{M}.batch_size: expected an integer > 0, got '32'"),
+        (
+            f"{M}.arch",
+            "resnet",
+            f"{M}.arch: expected one of linear, linear_relu, tinyvgg; got 'resnet'",
+        ),
+        ("runtime.device", "cuda:0", "runtime.device: expected one of auto, cpu, cuda, mps; got"),
+        ("runtime.seed", -1, "runtime.seed: expected an integer from 0 to 2**64 - 1, got -1"),
+        (
+            "runtime.seed",
+            2**64,
+            f"runtime.seed: expected an integer from 0 to 2**64 - 1, got {2**64}",
+        ),
+        ("data.timeout_s", 0, "data.timeout_s: expected a number > 0, got 0"),
+        (
+            "data.sources",
+            "/srv/data",
+            "data.sources: expected a non-empty list of directories or URLs, got '/srv/data'",
+        ),
+        ("data.sources", ["/srv", 3], "data.sources[1]: expected a directory or URL, got 3"),
+        ("models", None, "models: expected a non-empty mapping of model sections, got None"),
+        (
+            "models.model_1",
+            None,
+            "models.model_1: expected a mapping with keys arch, hidden_units, lr, epochs, "
+            "batch_size, precision, got None",
+        ),
+        ("eval", [], "eval: expected a mapping with keys batch_size, got []"),
+    ],
+)
+def test_each_message_is_one_line_with_path_value_and_what_is_allowed(raw, path, value, message):
+    with pytest.raises(ParamsError) as info:
+        parse_params(_mutate(raw, path, value))
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
 
 
 def test_unknown_and_missing_keys(raw):
@@ -86,3 +140,141 @@ def test_load_params_reports_file_problems(tmp_path):
     bad.write_text("models: [unclosed")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_params_yaml_is_read_as_dvc_reads_it(tmp_path, raw):
+    text = yaml.safe_dump(raw, sort_keys=False)
+    path = tmp_path / "params.yaml"
+    # YAML 1.1 would read 1e-3 as a string; DVC (YAML 1.2) reads a number.
+    path.write_text(text.replace("lr: 0.1", "lr: 1e-3", 1))
+    assert load_params(path).model("model_0").lr == 0.001
+    path.write_text(text.replace("lr: 0.1", "lr: '1e-3'", 1))
+    with pytest.raises(
+        ParamsError, match=r"^models\.model_0\.lr: expected a number > 0, got '1e-3'"
+    ):
+        load_params(path)
+    # A key given twice is an error, not a silent "last one wins".
+    path.write_text(text.replace("lr: 0.1", "lr: 0.1\n    lr: 0.5", 1))
+    with pytest.raises(ParamsError, match=r"not valid YAML at line \d+, column 5: key 'lr' given"):
+        load_params(path)
+    with pytest.raises(ParamsError, match="cannot read"):
+        load_params(tmp_path)
+
+
+# --- Bad params stop every stage before it writes anything ---------------------------------------
+
+STAGES = {
+    "download": [],
+    "prepare": [],
+    "train": ["--model", "model_0"],
+    "evaluate": ["--model", "model_0"],
+    "compare": [],
+}
+BAD = {
+    "negative lr": (
+        "models.model_0.lr",
+        -0.1,
+        "models.model_0.lr: expected a number > 0, got -0.1",
+    ),
+    "unknown arch": (
+        "models.model_0.arch",
+        "resnet",
+        "models.model_0.arch: expected one of linear, linear_relu, tinyvgg; got 'resnet'",
+    ),
+    "unknown key": ("runtime.colour", "blue", "runtime.colour: unknown key (allowed: device, seed"),
+    "no models": ("models", {}, "models: expected a non-empty mapping of model sections, got {}"),
+    "zero epochs": ("models.model_0.epochs", 0, "models.model_0.epochs: expected an integer > 0"),
+}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, tiny_data) -> Path:
+    """A project with the tiny data downloaded and prepared: a stage would have work to do."""
+    root = tmp_path_factory.mktemp("prepared")
+    write_params(root / "params.yaml", tiny_params(tiny_data))
+    cwd = Path.cwd()
+    os.chdir(root)
+    try:
+        load_stage("download").main([])
+        load_stage("prepare").main([])
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def run_in_process(stage: str, project: Path, capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as info:
+        load_stage(stage).main(STAGES[stage])
+    return info.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", list(BAD))
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_a_stage_with_bad_params_exits_with_one_line_and_writes_nothing(
+    tmp_path, prepared, tiny_data, monkeypatch, capsys, stage, case
+):
+    shutil.copytree(prepared, tmp_path, dirs_exist_ok=True)
+    path, value, message = BAD[case]
+    write_params(tmp_path / "params.yaml", _mutate(tiny_params(tiny_data), path, value))
+    before = tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    code, err = run_in_process(stage, tmp_path, capsys)
+    assert code == 1
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert tree(tmp_path) == before
+
+
+def _missing_device() -> str:
+    from fmnist.runtime import available_devices
+
+    return next(d for d in ("cuda", "mps") if d not in available_devices())
+
+
+@pytest.mark.parametrize("stage", ["train", "evaluate"])
+def test_a_device_this_machine_lacks_stops_the_stage_before_it_writes(
+    tmp_path, prepared, tiny_data, monkeypatch, capsys, stage
+):
+    shutil.copytree(prepared, tmp_path, dirs_exist_ok=True)
+    if stage == "evaluate":  # give evaluate weights to score, so the device is all that is wrong
+        monkeypatch.chdir(tmp_path)
+        load_stage("train").main(STAGES["train"])
+        capsys.readouterr()
+    device = _missing_device()
+    write_params(
+        tmp_path / "params.yaml", _mutate(tiny_params(tiny_data), "runtime.device", device)
+    )
+    before = tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    code, err = run_in_process(stage, tmp_path, capsys)
+    assert code == 1
+    assert err.startswith(f"error: runtime.device: {device!r} is not available on this machine")
+    assert "set it to auto or one of those" in err and err.count("\n") == 1
+    assert tree(tmp_path) == before
+
+
+def test_stage_processes_with_bad_params_print_one_line_and_exit_1(tmp_path, tiny_data):
+    """The real scripts, as DVC runs them (logging configured, no pytest capture)."""
+    params = _mutate(tiny_params(tiny_data), "models.model_0.lr", -0.1)
+    procs = {}
+    for stage in ("download", "train"):  # one stage without torch, one with
+        argv = STAGES[stage]
+        folder = tmp_path / stage
+        folder.mkdir()
+        write_params(folder / "params.yaml", params)
+        procs[stage] = subprocess.Popen(
+            [sys.executable, str(ROOT / "stages" / f"{stage}.py"), *argv],
+            cwd=folder,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    for stage, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1, (stage, err)
+        assert err == "error: models.model_0.lr: expected a number > 0, got -0.1\n", (stage, err)
+        assert out == ""
+        assert [p.name for p in (tmp_path / stage).iterdir()] == ["params.yaml"], stage

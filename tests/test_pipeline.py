@@ -82,7 +82,7 @@ def test_repro_runs_every_stage_and_writes_every_output(repo):
     metrics = json.loads((repo / "metrics/models/model_2.json").read_text())
     assert metrics["model"] == "model_2" and metrics["device"] == "cpu"
     assert set(metrics) == {
-        "model", "arch", "loss", "accuracy", "train_seconds", "parameters", "device"
+        "model", "arch", "loss", "accuracy", "parameters", "device", "precision"
     }  # fmt: skip
     curves = (repo / "plots/train/model_0.csv").read_text().splitlines()
     assert curves[0] == "epoch,train_loss,train_accuracy,test_loss,test_accuracy"

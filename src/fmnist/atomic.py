@@ -1,19 +1,76 @@
-"""Atomic file writes: a reader (or DVC) never sees a half-written output."""
+"""Atomic file writes: a reader (or DVC) never sees a half-written output.
+
+A write goes to a temporary file beside its target (same folder, so that `os.replace` is an
+atomic rename on the same file system), named `.<target>.<8 random chars>.tmp`. What happens to
+that temporary file when the writer dies:
+
+- an exception, Ctrl-C (SIGINT raises KeyboardInterrupt) or SIGTERM (turned into SystemExit
+  while a temporary file exists) runs the `finally` clause, which deletes it;
+- SIGKILL (or a power cut) runs nothing, so the file stays. The target itself is untouched, so
+  nothing half-written ever carries an output's name. Stale temporary files are deleted the next
+  time the same target is written, and the download stage sweeps its whole output folder first.
+  DVC also removes a stage's outputs before re-running it, so a stale file inside a directory
+  output is never cached; `*.tmp` is git-ignored.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import IO, Any
 
 # mkstemp creates files readable by the owner only; outputs get the usual umask-based mode.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK
+# mkstemp's random part: 8 characters from this set.
+_RANDOM = r"[a-z0-9_]{8}"
+_ANY_TEMP = re.compile(rf"\..+\.{_RANDOM}\.tmp")
+
+
+def _temp_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"\.{re.escape(name)}\.{_RANDOM}\.tmp")
+
+
+def remove_stale_temps(directory: str | Path, name: str | None = None) -> list[Path]:
+    """Delete temporary files a killed writer left in `directory` (only `name`'s, if given)."""
+    directory = Path(directory)
+    pattern = _ANY_TEMP if name is None else _temp_pattern(name)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for entry in directory.iterdir():
+        if pattern.fullmatch(entry.name) and entry.is_file():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Make SIGTERM raise SystemExit for the duration, so that `finally` clauses run."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    # Leave alone a process that ignores SIGTERM or already handles it (an outer write, say).
+    if not main_thread or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @contextlib.contextmanager
@@ -21,15 +78,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.chmod(tmp_path, FILE_MODE)
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+    # One writer per output (DVC runs a stage once at a time), so any older temporary file of
+    # this target belongs to a writer that was killed.
+    remove_stale_temps(path.parent, path.name)
+    with _sigterm_raises():
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp_path = Path(tmp)
+        try:
+            yield tmp_path
+            os.chmod(tmp_path, FILE_MODE)
+            os.replace(tmp_path, path)
+        finally:
+            tmp_path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

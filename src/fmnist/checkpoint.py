@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from torch import nn
 from fmnist.atomic import atomic_open, write_json
 from fmnist.errors import PipelineError
 from fmnist.models import build_model
+from fmnist.params import ARCHITECTURES, ModelParams
 
 FORMAT_VERSION = 1
 ARCH_KEYS = ("arch", "hidden_units", "in_channels", "image_size", "num_classes")
@@ -37,8 +39,26 @@ def save_checkpoint(model: nn.Module, weights: str | Path, meta: dict[str, Any])
     write_json(sidecar_path(weights), {"format": FORMAT_VERSION, **meta})
 
 
+def _unpickling_reason(exc: BaseException) -> str:
+    """The line of torch's weights_only refusal that says what was refused, without its advice."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = next((line for line in lines if "nsupported" in line), "it holds more than tensors")
+    return reason.split(". ", 1)[0].rstrip(".")
+
+
+def _first(exc: BaseException) -> str:
+    """The first informative sentence of an exception's message (torch's run to paragraphs)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]  # the header names the class; the next line says what does not fit
+    return lines[0].split(". ", 1)[0].rstrip(".") if lines else type(exc).__name__
+
+
 def load_metadata(weights: str | Path) -> dict[str, Any]:
-    """Read a checkpoint's sidecar."""
+    """Read a checkpoint's sidecar and check that it describes a model this code can build."""
     path = sidecar_path(weights)
     try:
         meta = json.loads(path.read_text())
@@ -49,27 +69,61 @@ def load_metadata(weights: str | Path) -> dict[str, Any]:
     valid = isinstance(meta, dict) and meta.get("format") == FORMAT_VERSION
     if not valid or any(key not in meta for key in ARCH_KEYS):
         raise PipelineError(f"{path}: not a checkpoint sidecar of format {FORMAT_VERSION}")
+    if meta["arch"] not in ARCHITECTURES:
+        raise PipelineError(
+            f"{path}: arch: expected one of {', '.join(ARCHITECTURES)}; got {meta['arch']!r}"
+        )
+    for key in ARCH_KEYS[1:]:
+        value = meta[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise PipelineError(f"{path}: {key}: expected an integer > 0, got {value!r}")
     return meta
 
 
+def check_matches_params(meta: dict[str, Any], hp: ModelParams, weights: str | Path) -> None:
+    """Fail unless the sidecar describes the model that params.yaml defines (stale weights)."""
+    wanted = {"arch": hp.arch, "hidden_units": hp.hidden_units}
+    differ = [key for key, value in wanted.items() if meta.get(key) != value]
+    if differ:
+        found = ", ".join(f"{key}={meta.get(key)!r}" for key in differ)
+        expected = ", ".join(f"models.{hp.name}.{key}={wanted[key]!r}" for key in differ)
+        raise PipelineError(
+            f"{sidecar_path(weights)}: the weights were trained with {found}, but params.yaml "
+            f"has {expected}: re-run `dvc repro train@{hp.name}`"
+        )
+
+
 def load_checkpoint(
-    weights: str | Path, device: torch.device | str = "cpu"
+    weights: str | Path, device: torch.device | str = "cpu", expected: ModelParams | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model its sidecar describes and load the weights without running pickled code."""
+    # With `expected`, the sidecar must first agree with that model's params.
     meta = load_metadata(weights)
+    if expected is not None:
+        check_matches_params(meta, expected, weights)
     model = build_model(**{key: meta[key] for key in ARCH_KEYS})
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # Noise before the refusal of a foreign pickle; the error below says what matters.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(weights, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise PipelineError(f"{weights}: no such checkpoint") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PipelineError(f"{weights}: not a loadable weights file ({first_line})") from None
+    except pickle.UnpicklingError as exc:
+        # weights_only=True refuses any object but tensors and plain containers, so nothing in
+        # the file ran; torch's own message suggests weights_only=False, which would run it.
+        raise PipelineError(
+            f"{weights}: not a loadable weights file, refused without running it "
+            f"({_unpickling_reason(exc)}); re-create it with `dvc repro "
+            f"train@{Path(weights).stem}` and never load an untrusted file with weights_only=False"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        raise PipelineError(f"{weights}: not a loadable weights file ({_first(exc)})") from None
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
         raise PipelineError(
             f"{weights}: weights do not fit a {meta['arch']} model with "
-            f"hidden_units={meta['hidden_units']}: {str(exc).splitlines()[0]}"
+            f"hidden_units={meta['hidden_units']}: {_first(exc)}"
         ) from None
     return model.to(device).eval(), meta

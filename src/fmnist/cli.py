@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +24,12 @@ def stage_parser(description: str | None, model: bool = False) -> argparse.Argum
     return parser
 
 
+def peak_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1e6 if sys.platform == "darwin" else peak * 1024 / 1e6
+
+
 def entry_point(main: Callable[[Sequence[str] | None], None]) -> Callable[..., None]:
     """Wrap a stage's main: log its duration, and turn a PipelineError into one line and exit 1."""
 
@@ -37,6 +44,11 @@ def entry_point(main: Callable[[Sequence[str] | None], None]) -> Callable[..., N
         except PipelineError as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
-        log.info("%s done in %.1f s", name, time.perf_counter() - start)
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            raise SystemExit(130) from None
+        log.info(
+            "%s done in %.1f s, peak memory %.0f MB", name, time.perf_counter() - start, peak_mb()
+        )
 
     return wrapper

@@ -1,4 +1,4 @@
-"""Put every model's metrics side by side: CSV, Markdown, a bar chart and DVC plot data."""
+"""Put every model's results side by side: tables, DVC plot data, and what the figures need."""
 
 from __future__ import annotations
 
@@ -6,36 +6,54 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from fmnist.atomic import atomic_open, write_text
 from fmnist.errors import PipelineError
 
-COLUMNS = ("model", "arch", "loss", "accuracy", "train_seconds", "parameters", "device")
+COLUMNS = (
+    "model",
+    "arch",
+    "loss",
+    "accuracy",
+    "train_seconds",
+    "parameters",
+    "device",
+    "precision",
+)
 
 
-def load_metrics(metrics_dir: str | Path, names: Sequence[str]) -> pd.DataFrame:
-    """Read each named model's metrics file into one table, in the given order."""
+def _read_json(path: Path, stage: str) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: missing; run `dvc repro {stage}`") from None
+
+
+def load_metrics(
+    metrics_dir: str | Path, train_dir: str | Path, names: Sequence[str]
+) -> pd.DataFrame:
+    """Join each named model's test metrics and training time into one table, in order."""
     rows = []
     for name in names:
-        path = Path(metrics_dir) / f"{name}.json"
-        try:
-            rows.append(json.loads(path.read_text()))
-        except FileNotFoundError:
-            raise PipelineError(f"{path}: missing; run `dvc repro evaluate@{name}`") from None
+        row = _read_json(Path(metrics_dir) / f"{name}.json", f"evaluate@{name}")
+        timing = _read_json(Path(train_dir) / f"{name}.json", f"train@{name}")
+        rows.append({**row, "train_seconds": timing["train_seconds"]})
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
 def to_markdown(table: pd.DataFrame) -> str:
     """Render the comparison as a GitHub Markdown table, accuracy in percent."""
     lines = [
-        "| model | architecture | test loss | test accuracy | train (s) | parameters | device |",
-        "|---|---|--:|--:|--:|--:|---|",
+        "| model | architecture | test loss | test accuracy | train (s) | parameters | device "
+        "| precision |",
+        "|---|---|--:|--:|--:|--:|---|---|",
     ]
     for row in table.itertuples(index=False):
         lines.append(
             f"| {row.model} | {row.arch} | {row.loss:.4f} | {100 * row.accuracy:.2f}% | "
-            f"{row.train_seconds:.1f} | {row.parameters:,} | {row.device} |"
+            f"{row.train_seconds:.1f} | {row.parameters:,} | {row.device} | {row.precision} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -50,3 +68,24 @@ def write_comparison(table: pd.DataFrame, csv_path: Path, md_path: Path, plot_da
     _write_csv(table, csv_path)
     write_text(md_path, to_markdown(table))
     _write_csv(table[["model", "accuracy"]], plot_data)
+
+
+def load_predictions(path: str | Path, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Read evaluate's `actual,predicted` class-name rows back as label indices, in test order."""
+    try:
+        pairs = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: missing; run `dvc repro evaluate` first") from None
+    index = {name: i for i, name in enumerate(classes)}
+    try:
+        actual = pairs["actual"].map(index).to_numpy(dtype=np.int64)
+        predicted = pairs["predicted"].map(index).to_numpy(dtype=np.int64)
+    except (KeyError, ValueError, TypeError):
+        raise PipelineError(f"{path}: expected actual,predicted rows of class names") from None
+    return actual, predicted
+
+
+def confusion_counts(actual: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """Count (actual, predicted) pairs: rows are true classes, columns predictions."""
+    flat = np.bincount(actual * num_classes + predicted, minlength=num_classes * num_classes)
+    return flat.reshape(num_classes, num_classes)

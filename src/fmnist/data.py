@@ -1,12 +1,10 @@
-"""Turn the raw IDX files into compact tensors once, and load them fast in later stages.
-
-torchvision is imported only inside `read_raw`, by the prepare stage: training and evaluation
-read the prepared tensors and never pay for torchvision's import.
-"""
+"""Turn the raw IDX files into compact tensors once, and load them fast in later stages."""
 
 from __future__ import annotations
 
 import json
+import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +12,23 @@ import torch
 
 from fmnist.atomic import atomic_open, write_json
 from fmnist.errors import PipelineError
+from fmnist.idx import read_idx
 
 SPLITS = ("train", "test")
 CLASSES_FILE = "classes.json"
+# Fashion-MNIST's labels 0-9, named as the dataset and torchvision's FashionMNIST.classes name them.
+CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 @dataclass(frozen=True)
@@ -31,19 +43,26 @@ class Split:
 
 
 def read_raw(root: str | Path) -> tuple[dict[str, Split], list[str]]:
-    """Read both splits with torchvision's FashionMNIST from `root`/FashionMNIST/raw."""
-    from torchvision.datasets import FashionMNIST
+    """Read both splits from the IDX files in `root`/FashionMNIST/raw, as torchvision would.
 
+    The arrays are the ones torchvision's `FashionMNIST(root).data` and `.targets` hold (a test
+    checks it); reading them with numpy spares this stage torchvision's import, over a second.
+    """
+    raw = Path(root) / "FashionMNIST" / "raw"
     splits = {}
-    classes: list[str] = []
-    for split in SPLITS:
-        try:
-            dataset = FashionMNIST(root=str(root), train=split == "train", download=False)
-        except RuntimeError as exc:
-            raise PipelineError(f"cannot read the raw dataset under {root}: {exc}") from None
-        splits[split] = Split(images=dataset.data.contiguous(), labels=dataset.targets.long())
-        classes = list(dataset.classes)
-    return splits, classes
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images = read_idx(raw / f"{prefix}-images-idx3-ubyte")
+        labels = read_idx(raw / f"{prefix}-labels-idx1-ubyte")
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise PipelineError(
+                f"{raw}: {split} images {images.shape} and labels {labels.shape} do not match"
+            )
+        if labels.size and int(labels.max()) >= len(CLASSES):
+            raise PipelineError(f"{raw}: {split} labels go up to {int(labels.max())}")
+        splits[split] = Split(
+            images=torch.from_numpy(images.copy()), labels=torch.from_numpy(labels.astype("int64"))
+        )
+    return splits, list(CLASSES)
 
 
 def save_prepared(splits: dict[str, Split], classes: list[str], out_dir: str | Path) -> None:
@@ -61,9 +80,21 @@ def load_split(prepared_dir: str | Path, split: str) -> Split:
     path = Path(prepared_dir) / f"{split}.pt"
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+        split_data = Split(images=payload["images"], labels=payload["labels"])
     except FileNotFoundError:
         raise PipelineError(f"{path}: missing; run `dvc repro prepare` first") from None
-    return Split(images=payload["images"], labels=payload["labels"])
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        KeyError,
+        TypeError,
+    ):
+        raise PipelineError(
+            f"{path}: not a prepared split (damaged?); run `dvc repro -f prepare`"
+        ) from None
+    return split_data
 
 
 def load_classes(prepared_dir: str | Path) -> list[str]:

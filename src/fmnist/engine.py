@@ -7,19 +7,38 @@ generator=g) would yield, epoch after epoch, so results match the lesson's data 
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fmnist.errors import PipelineError
+from fmnist.runtime import autocast
+
 
 class Progress(Protocol):
-    """Anything that can count processed batches and be closed (a tqdm bar, for instance)."""
+    """Anything that counts processed batches, shows a short status, and closes (a tqdm bar)."""
 
     def update(self, n: int = 1) -> object: ...
 
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> object: ...
+
     def close(self) -> object: ...
+
+
+class NonFiniteLoss(PipelineError):
+    """The training loss became NaN or infinite: the weights are ruined, stop now."""
+
+    def __init__(self, value: float, batch: int, n_batches: int) -> None:
+        super().__init__(f"training loss became {value} at batch {batch} of {n_batches}")
+        self.value, self.batch, self.n_batches = value, batch, n_batches
+
+
+# How often a training loop reads its running loss back from the device, to show it and to
+# stop early on a NaN: often enough to be useful, rarely enough not to stall a GPU.
+CHECK_EVERY = 50
 
 
 def epoch_batches(
@@ -46,34 +65,51 @@ def train_one_epoch(
     batches: list[torch.Tensor],
     optimizer: torch.optim.Optimizer,
     progress: Progress | None = None,
+    precision: str = "fp32",
 ) -> dict[str, float]:
-    """Run one optimisation pass over `batches`; return mean per-sample loss and accuracy."""
+    """Run one optimisation pass over `batches`; return mean per-sample loss and accuracy.
+
+    Raises NonFiniteLoss as soon as a periodic check sees the running loss turn NaN or inf.
+    """
     model.train()
     device = images.device
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
-    for index in batches:
+    for step, index in enumerate(batches, start=1):
         x, y = images.index_select(0, index), labels.index_select(0, index)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        with autocast(device, precision):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        # Accumulated on the device: no host sync per step.
+        # Accumulated on the device: the host reads it back only every CHECK_EVERY steps.
         total_loss += loss.detach() * len(index)
         correct += (logits.detach().argmax(dim=1) == y).sum()
         seen += len(index)
+        if step % CHECK_EVERY == 0 or step == len(batches):
+            running = total_loss.item() / seen
+            if not math.isfinite(running):
+                raise NonFiniteLoss(running, step, len(batches))
+            if progress is not None:
+                progress.set_postfix_str(f"loss {running:.4f}", refresh=False)
         if progress is not None:
             progress.update(1)
     return {"loss": total_loss.item() / seen, "accuracy": correct.item() / seen}
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Return the logits for every image, computed in batches of `batch_size`."""
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, batch_size: int, precision: str = "fp32"
+) -> torch.Tensor:
+    """Return the fp32 logits for every image, computed in batches of `batch_size`."""
     model.eval()
-    return torch.cat([model(chunk) for chunk in images.split(batch_size)])
+    chunks = []
+    for chunk in images.split(batch_size):
+        with autocast(images.device, precision):
+            chunks.append(model(chunk).float())
+    return torch.cat(chunks)
 
 
 def score_logits(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -84,7 +120,11 @@ def score_logits(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]
 
 
 def evaluate(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """Score `model` on every sample; `batch_size` changes speed and memory, not the result."""
-    return score_logits(predict_logits(model, images, batch_size), labels)
+    return score_logits(predict_logits(model, images, batch_size, precision), labels)

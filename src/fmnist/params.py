@@ -18,6 +18,7 @@ from fmnist.errors import ParamsError
 # a test checks that the model registry and this tuple agree.
 ARCHITECTURES = ("linear", "linear_relu", "tinyvgg")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16")
 # The files torchvision's FashionMNIST reader expects, in the order the pipeline fetches them.
 IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -28,12 +29,41 @@ IDX_FILES = (
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading params.yaml as DVC does: 1e-3 a number, no duplicate keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """Refuse a key given twice (PyYAML would silently keep the last value)."""
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"key {key!r} given twice",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+# PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent: `lr: 1e-3` would be
+# the string "1e-3" here while DVC (YAML 1.2) tracks it as a number.
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 @dataclass(frozen=True)
 class RuntimeParams:
     """Where and how reproducibly to compute."""
 
     device: str
     seed: int
+    threads: int
 
 
 @dataclass(frozen=True)
@@ -62,6 +92,7 @@ class ModelParams:
     lr: float
     epochs: int
     batch_size: int
+    precision: str
 
 
 @dataclass(frozen=True)
@@ -93,6 +124,13 @@ def _positive_int(value: Any, path: str) -> int:
 def _non_negative_int(value: Any, path: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ParamsError(f"{path}: expected an integer >= 0, got {value!r}")
+    return value
+
+
+def _seed(value: Any, path: str) -> int:
+    # torch.manual_seed takes at most 64 bits; a larger seed would fail deep inside training.
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
+        raise ParamsError(f"{path}: expected an integer from 0 to 2**64 - 1, got {value!r}")
     return value
 
 
@@ -155,7 +193,7 @@ def _section(raw: Any, path: str, checks: Mapping[str, Check]) -> dict[str, Any]
         raise ParamsError(f"{key_path(unknown[0])}: unknown key (allowed: {allowed})")
     missing = [key for key in checks if key not in raw]
     if missing:
-        raise ParamsError(f"{key_path(missing[0])}: missing")
+        raise ParamsError(f"{key_path(missing[0])}: missing (required: {', '.join(checks)})")
     return {key: check(raw[key], key_path(key)) for key, check in checks.items()}
 
 
@@ -165,6 +203,7 @@ _MODEL_CHECKS: Mapping[str, Check] = {
     "lr": _positive_float,
     "epochs": _positive_int,
     "batch_size": _positive_int,
+    "precision": _choice(*PRECISIONS),
 }
 
 
@@ -173,7 +212,13 @@ def parse_params(raw: Any) -> Params:
     top = _section(raw, "", {"runtime": _keep, "data": _keep, "eval": _keep, "models": _keep})
     runtime = RuntimeParams(
         **_section(
-            top["runtime"], "runtime", {"device": _choice(*DEVICES), "seed": _non_negative_int}
+            top["runtime"],
+            "runtime",
+            {
+                "device": _choice(*DEVICES),
+                "seed": _seed,
+                "threads": _non_negative_int,
+            },
         )
     )
     data = DataParams(
@@ -201,9 +246,15 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate a params file."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_Loader)
     except FileNotFoundError:
         raise ParamsError(f"{path}: no such file") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ParamsError(f"{path}: not valid YAML{where}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML ({exc})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ParamsError(f"{path}: cannot read ({exc})") from None
     return parse_params(raw)

@@ -15,6 +15,7 @@ CURVES_DIR = PLOTS_DIR / "train"
 CONFUSION_DIR = PLOTS_DIR / "confusion"
 IMAGES_DIR = PLOTS_DIR / "images"
 COMPARISON_DIR = PLOTS_DIR / "comparison"
+SAMPLES_PNG = PLOTS_DIR / "data" / "samples.png"
 
 
 def weights_path(model: str) -> Path:

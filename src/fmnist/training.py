@@ -12,10 +12,11 @@ from torch import nn
 
 from fmnist.atomic import atomic_open
 from fmnist.data import Split, to_model_input
-from fmnist.engine import Progress, epoch_batches, evaluate, train_one_epoch
+from fmnist.engine import NonFiniteLoss, Progress, epoch_batches, evaluate, train_one_epoch
+from fmnist.errors import PipelineError
 from fmnist.models import build_model
 from fmnist.params import ModelParams
-from fmnist.runtime import seed_everything
+from fmnist.runtime import place_model, seed_everything
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
 
@@ -38,14 +39,16 @@ def train_model(
     seed: int,
     device: torch.device,
     eval_batch_size: int,
+    precision: str = "fp32",
     progress: Callable[[int, int], Progress] | None = None,
 ) -> TrainingResult:
     """Train `hp`'s model with SGD, evaluating on the test set after every epoch.
 
-    `progress(epoch, n_batches)` may return a bar that counts the epoch's batches.
+    `progress(epoch, n_batches)` may return a bar that counts the epoch's batches. A loss that
+    turns NaN or infinite stops training with an error that names the model, epoch and lr.
     """
     seed_everything(seed)
-    model = build_model(hp.arch, hp.hidden_units).to(device)
+    model = place_model(build_model(hp.arch, hp.hidden_units), device)
     optimizer = torch.optim.SGD(model.parameters(), lr=hp.lr)
     generator = torch.Generator().manual_seed(seed)
     history = []
@@ -56,11 +59,16 @@ def train_model(
         batches = epoch_batches(len(train), hp.batch_size, generator, device)
         bar = progress(epoch, len(batches)) if progress else None
         try:
-            fit = train_one_epoch(model, x_train, y_train, batches, optimizer, bar)
+            fit = train_one_epoch(model, x_train, y_train, batches, optimizer, bar, precision)
+        except NonFiniteLoss as exc:
+            raise PipelineError(
+                f"{hp.name}: {exc} in epoch {epoch} with lr {hp.lr}; the model diverged, so "
+                f"nothing was saved. Lower models.{hp.name}.lr and run again"
+            ) from None
         finally:
             if bar is not None:
                 bar.close()
-        scores = evaluate(model, x_test, y_test, eval_batch_size)
+        scores = evaluate(model, x_test, y_test, eval_batch_size, precision)
         history.append(
             {
                 "epoch": epoch,
@@ -75,7 +83,12 @@ def train_model(
 
 
 def checkpoint_metadata(
-    hp: ModelParams, result: TrainingResult, classes: list[str], seed: int, eval_batch_size: int
+    hp: ModelParams,
+    result: TrainingResult,
+    classes: list[str],
+    seed: int,
+    eval_batch_size: int,
+    precision: str,
 ) -> dict[str, object]:
     """Describe a trained model for its sidecar: how to rebuild it and what it scored."""
     return {
@@ -92,6 +105,7 @@ def checkpoint_metadata(
             "batch_size": hp.batch_size,
             "optimizer": "SGD",
             "seed": seed,
+            "precision": precision,
         },
         "trained_on": result.device.type,
         "torch": torch.__version__,

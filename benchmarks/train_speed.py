@@ -1,0 +1,76 @@
+"""Benchmark: the project's training engine against the lesson's DataLoader loop, per model.
+
+    python benchmarks/train_speed.py                      # every model in params.yaml
+    python benchmarks/train_speed.py --epochs 1 --models model_0 model_2
+
+Reads the raw IDX files under <data-root>/FashionMNIST/raw (run `dvc repro download` first)
+and each model's hyperparameters from params.yaml; prints a Markdown table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from fmnist.atomic import write_json
+from fmnist.params import load_params
+
+log = logging.getLogger("fmnist.benchmark")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="parameters file")
+    parser.add_argument("--models", nargs="+", help="models to time (default: all)")
+    parser.add_argument("--epochs", type=int, help="override every model's epochs")
+    parser.add_argument("--data-root", default="data", help="folder holding FashionMNIST/raw")
+    parser.add_argument("--device", help="override runtime.device for the project's engine")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="override precision")
+    parser.add_argument("--output", default="benchmarks/results.json", help="JSON report path")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+
+    params = load_params(args.params)
+    names = args.models or list(params.models)
+    models = [params.model(name) for name in names]  # fails early on an unknown name
+    if args.epochs is not None:
+        if args.epochs <= 0:
+            parser.error("--epochs must be > 0")
+        models = [dataclasses.replace(hp, epochs=args.epochs) for hp in models]
+    if args.precision is not None:
+        models = [dataclasses.replace(hp, precision=args.precision) for hp in models]
+
+    from fmnist import benchmark
+    from fmnist.runtime import resolve_device, set_threads
+
+    set_threads(params.runtime.threads)
+    device = resolve_device(args.device or params.runtime.device)
+    lesson_data = benchmark.lesson_datasets(args.data_root)
+    splits = benchmark.splits_from(lesson_data)
+    results = []
+    for hp in models:
+        log.info("%s: %d epochs, lesson loop then project engine on %s", hp.name, hp.epochs, device)
+        results.append(
+            benchmark.compare_model(
+                hp,
+                lesson_data,
+                splits,
+                seed=params.runtime.seed,
+                device=device,
+                eval_batch_size=params.eval.batch_size,
+            )
+        )
+        log.info("%s: %.1fx faster", hp.name, results[-1]["speedup"])
+    report = {"environment": benchmark.environment(device), "models": results}
+    write_json(args.output, report)
+    print(benchmark.format_table(results))
+    print(json.dumps(report["environment"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

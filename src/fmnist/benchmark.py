@@ -1,0 +1,212 @@
+"""Time the project's training engine against the lesson's plain DataLoader loop, same work.
+
+Both sides train the same architecture from the same seed with the same SGD learning rate,
+batch size and number of epochs, and score the test set after every epoch. The lesson side
+runs as the course writes it: torchvision's `FashionMNIST` with `ToTensor()` (one PIL image
+converted per sample), `DataLoader(batch_size, shuffle=True)`, a `.item()` per batch for the
+accuracy, and evaluation at the training batch size. Its DataLoader shuffles with a generator
+seeded as the engine's is, so both sides see the very same batches: the linear models then
+end with the same weights, and any gap in accuracy would be a bug, not luck.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fmnist.data import Split
+from fmnist.models import build_model
+from fmnist.params import ModelParams
+from fmnist.runtime import resolve_precision, seed_everything
+from fmnist.training import train_model
+
+
+@dataclass(frozen=True)
+class Run:
+    """One timed training run: wall seconds, throughput and the final test scores."""
+
+    seconds: float
+    samples_per_second: float
+    test_loss: float
+    test_accuracy: float
+
+    def as_dict(self) -> dict[str, float]:
+        """Rounded values for the JSON report."""
+        return {
+            "seconds": round(self.seconds, 3),
+            "samples_per_second": round(self.samples_per_second, 1),
+            "test_loss": round(self.test_loss, 6),
+            "test_accuracy": round(self.test_accuracy, 6),
+        }
+
+
+def lesson_datasets(root: str | Path) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
+    """The lesson's datasets: torchvision FashionMNIST from `root`, images through ToTensor()."""
+    from torchvision import datasets
+    from torchvision.transforms import ToTensor
+
+    def load(train: bool) -> torch.utils.data.Dataset:
+        return datasets.FashionMNIST(
+            root=str(root), train=train, download=False, transform=ToTensor()
+        )
+
+    return load(True), load(False)
+
+
+def lesson_train(
+    hp: ModelParams,
+    train_data: torch.utils.data.Dataset,
+    test_data: torch.utils.data.Dataset,
+    seed: int,
+) -> Run:
+    """Train as the lesson does: DataLoader batches, per-batch `.item()`, eval at batch size."""
+    from torch.utils.data import DataLoader
+
+    seed_everything(seed)
+    model = build_model(hp.arch, hp.hidden_units)
+    optimizer = torch.optim.SGD(model.parameters(), lr=hp.lr)
+    shuffle = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(train_data, batch_size=hp.batch_size, shuffle=True, generator=shuffle)
+    test_loader = DataLoader(test_data, batch_size=hp.batch_size, shuffle=False)
+    start = time.perf_counter()
+    for _ in range(hp.epochs):
+        model.train()
+        train_loss, train_acc = 0.0, 0.0
+        for x, y in train_loader:
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            train_loss += loss
+            train_acc += (logits.argmax(dim=1) == y).sum().item() / len(y) * 100
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        test_loss, test_acc = _lesson_test(model, test_loader)
+    seconds = time.perf_counter() - start
+    return Run(
+        seconds=seconds,
+        samples_per_second=hp.epochs * len(train_data) / seconds,
+        test_loss=test_loss,
+        test_accuracy=test_acc,
+    )
+
+
+def _lesson_test(model: nn.Module, loader: torch.utils.data.DataLoader) -> tuple[float, float]:
+    # Exact per-sample means, so that the reported scores compare with the engine's.
+    model.eval()
+    total_loss, correct, seen = 0.0, 0, 0
+    with torch.inference_mode():
+        for x, y in loader:
+            logits = model(x)
+            total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(dim=1) == y).sum().item()
+            seen += len(y)
+    return total_loss / seen, correct / seen
+
+
+def engine_train(
+    hp: ModelParams,
+    train: Split,
+    test: Split,
+    seed: int,
+    device: torch.device,
+    eval_batch_size: int,
+) -> Run:
+    """Train with the project's engine, exactly as the train stage does (without saving)."""
+    result = train_model(
+        hp,
+        train,
+        test,
+        seed=seed,
+        device=device,
+        eval_batch_size=eval_batch_size,
+        precision=resolve_precision(hp.precision, device),
+    )
+    last = result.history[-1]
+    return Run(
+        seconds=result.seconds,
+        samples_per_second=hp.epochs * len(train) / result.seconds,
+        test_loss=last["test_loss"],
+        test_accuracy=last["test_accuracy"],
+    )
+
+
+def cpu_name() -> str:
+    """The processor's model name, as /proc/cpuinfo gives it where it exists."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device) -> dict[str, object]:
+    """What the timings depend on: torch, threads, CPU and device."""
+    info: dict[str, object] = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "device": device.type,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def compare_model(
+    hp: ModelParams,
+    lesson_data: tuple[torch.utils.data.Dataset, torch.utils.data.Dataset],
+    splits: tuple[Split, Split],
+    *,
+    seed: int,
+    device: torch.device,
+    eval_batch_size: int,
+) -> dict[str, object]:
+    """Train `hp` both ways and report each run and the ratio project/lesson of wall time."""
+    lesson = lesson_train(hp, *lesson_data, seed)
+    engine = engine_train(hp, *splits, seed, device, eval_batch_size)
+    return {
+        "model": hp.name,
+        "arch": hp.arch,
+        "epochs": hp.epochs,
+        "batch_size": hp.batch_size,
+        "lr": hp.lr,
+        "precision": resolve_precision(hp.precision, device),
+        "lesson": lesson.as_dict(),
+        "project": engine.as_dict(),
+        "time_ratio": round(engine.seconds / lesson.seconds, 4),
+        "speedup": round(lesson.seconds / engine.seconds, 2),
+    }
+
+
+def splits_from(datasets: Sequence[torch.utils.data.Dataset]) -> tuple[Split, Split]:
+    """The same images as the lesson's datasets, as the uint8 tensors the engine trains on."""
+    train, test = (Split(images=d.data.contiguous(), labels=d.targets.long()) for d in datasets)
+    return train, test
+
+
+def format_table(results: list[dict[str, object]]) -> str:
+    """A Markdown table of the comparison, one row per model."""
+    lines = [
+        "| model | epochs | lesson s | project s | project/lesson | speedup "
+        "| lesson acc | project acc |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in results:
+        lesson, project = r["lesson"], r["project"]
+        lines.append(
+            f"| {r['model']} ({r['arch']}) | {r['epochs']} | {lesson['seconds']:.1f} "
+            f"| {project['seconds']:.1f} | {r['time_ratio']:.3f} | {r['speedup']:.1f}x "
+            f"| {lesson['test_accuracy']:.2%} | {project['test_accuracy']:.2%} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,40 @@
+"""The speed benchmark runs end to end on tiny data and reports what it promises."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+from .conftest import ROOT
+
+
+def test_benchmark_times_both_loops_and_writes_the_report(project, tiny_data, capsys):
+    raw = project / "data" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name, content in tiny_data.raw.items():
+        (raw / name).write_bytes(content)
+    spec = importlib.util.spec_from_file_location("train_speed", ROOT / "benchmarks/train_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    out = project / "bench.json"
+    argv = ["--epochs", "1", "--models", "model_0", "model_2", "--output", str(out)]
+    assert module.main(argv) == 0
+
+    report = json.loads(out.read_text())
+    env = report["environment"]
+    assert env["torch"] and env["threads"] >= 1 and env["cpu"] and env["device"] == "cpu"
+    assert [m["model"] for m in report["models"]] == ["model_0", "model_2"]
+    for row in report["models"]:
+        assert row["epochs"] == 1 and row["batch_size"] == 16
+        for side in ("lesson", "project"):
+            assert row[side]["seconds"] > 0 and row[side]["samples_per_second"] > 0
+            assert 0 <= row[side]["test_accuracy"] <= 1
+        ratio = row["project"]["seconds"] / row["lesson"]["seconds"]
+        assert abs(row["time_ratio"] - ratio) < 0.01
+    # Same seed, same batches, same arithmetic: the linear model ends up the same both ways.
+    linear = report["models"][0]
+    assert linear["project"]["test_accuracy"] == linear["lesson"]["test_accuracy"]
+    assert abs(linear["project"]["test_loss"] - linear["lesson"]["test_loss"]) < 1e-5
+    table = capsys.readouterr().out
+    assert "| model_0 (linear) | 1 |" in table and "| model_2 (tinyvgg) | 1 |" in table
