@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data-package repro test test-slow lint format clean
+.PHONY: help setup data-package repro plots test test-slow lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ data-package: ## Install Debian's dataset-fashion-mnist when possible (root, apt
 
 repro: setup data-package ## Run the whole DVC pipeline (only what changed re-runs)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+plots: setup ## Render the plots into dvc_plots/index.html for offline viewing (REVS=main compares)
+	$(BIN)/python -m fmnist.render_plots $(REVS)
 
 test: setup ## Run the test suite (offline, tiny generated data)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest

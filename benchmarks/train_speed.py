@@ -45,9 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         models = [dataclasses.replace(hp, precision=args.precision) for hp in models]
 
     from fmnist import benchmark
-    from fmnist.runtime import resolve_device, set_threads
+    from fmnist.runtime import resolve_device
 
-    set_threads(params.runtime.threads)
     device = resolve_device(args.device or params.runtime.device)
     lesson_data = benchmark.lesson_datasets(args.data_root)
     splits = benchmark.splits_from(lesson_data)
@@ -62,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seed=params.runtime.seed,
                 device=device,
                 eval_batch_size=params.eval.batch_size,
+                threads=params.runtime.threads,
             )
         )
         log.info("%s: %.1fx faster", hp.name, results[-1]["speedup"])

@@ -17,7 +17,7 @@ from fmnist.evaluation import (
 )
 from fmnist.models import count_parameters
 from fmnist.params import load_params
-from fmnist.runtime import place_model, resolve_device, set_threads
+from fmnist.runtime import cpu_threads, place_model, resolve_device
 
 log = logging.getLogger("fmnist.evaluate")
 
@@ -28,7 +28,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params(args.params)
     name = params.model(args.model).name
     device = resolve_device(params.runtime.device)
-    set_threads(params.runtime.threads)
     # The sidecar must describe the model params.yaml configures, or this is a stale file.
     model, meta = load_checkpoint(paths.weights_path(name), device, expected=params.model(name))
     model = place_model(model, device)
@@ -37,9 +36,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     # Scored in the precision the model was trained in, so that it reproduces training's record.
     precision = meta["hyperparameters"]["precision"]
-    evaluation = evaluate_model(
-        model, test, len(classes), device, params.eval.batch_size, precision
-    )
+    with cpu_threads(params.runtime.threads, model):
+        evaluation = evaluate_model(
+            model, test, len(classes), device, params.eval.batch_size, precision
+        )
     check_reproduces(name, evaluation, meta["final"])
     record = metrics_record(name, meta, evaluation, count_parameters(model), device)
     write_json(paths.MODEL_METRICS_DIR / f"{name}.json", record)

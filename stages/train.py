@@ -10,7 +10,7 @@ from fmnist.data import load_classes, load_split
 from fmnist.params import load_params
 from fmnist.paths import CURVES_DIR, PREPARED_DIR, TRAIN_METRICS_DIR, weights_path
 from fmnist.progress import epoch_bars
-from fmnist.runtime import resolve_device, resolve_precision, set_threads
+from fmnist.runtime import resolve_device, resolve_precision
 from fmnist.training import checkpoint_metadata, train_model, write_history
 
 log = logging.getLogger("fmnist.train")
@@ -23,7 +23,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     hp = params.model(args.model)
     device = resolve_device(params.runtime.device)
     precision = resolve_precision(hp.precision, device)
-    set_threads(params.runtime.threads)
     train, test = load_split(PREPARED_DIR, "train"), load_split(PREPARED_DIR, "test")
     classes = load_classes(PREPARED_DIR)
     log.info(
@@ -44,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         device=device,
         eval_batch_size=params.eval.batch_size,
         precision=precision,
+        threads=params.runtime.threads,
         progress=epoch_bars(hp.name, hp.epochs),
     )
     for row in result.history:

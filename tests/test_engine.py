@@ -1,8 +1,12 @@
+import copy
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from fmnist.engine import epoch_batches, evaluate, train_one_epoch
+from fmnist.engine import SGD, epoch_batches, evaluate, train_one_epoch
 from fmnist.models import build_model
 
 
@@ -76,3 +80,32 @@ def test_evaluate_does_not_depend_on_batch_size():
     assert small["loss"] == pytest.approx(large["loss"], rel=1e-5)
     assert small["accuracy"] == large["accuracy"]
     assert 0 <= small["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("arch", ["linear_relu", "tinyvgg"])
+def test_our_sgd_gives_torch_optim_sgds_weights_bit_for_bit(arch):
+    x, y = _images(48)
+    torch.manual_seed(1)
+    reference = build_model(arch, 4)
+    ours = copy.deepcopy(reference)
+    batches = epoch_batches(48, 16, torch.Generator().manual_seed(2))
+    train_one_epoch(reference, x, y, batches, torch.optim.SGD(reference.parameters(), lr=0.05))
+    train_one_epoch(ours, x, y, batches, SGD(ours.parameters(), lr=0.05))
+    for (name, a), b in zip(
+        reference.state_dict().items(), ours.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_training_does_not_import_torch_dynamo():
+    # torch.optim's first call imports torch._dynamo: over a second of every train stage.
+    code = (
+        "import sys, torch; from fmnist.engine import SGD, epoch_batches, train_one_epoch; "
+        "from fmnist.models import build_model; m = build_model('linear', 4); "
+        "x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,)); "
+        "batches = epoch_batches(8, 4, torch.Generator()); "
+        "train_one_epoch(m, x, y, batches, SGD(m.parameters(), 0.1)); "
+        "print('torch._dynamo' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

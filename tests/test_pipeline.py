@@ -3,53 +3,26 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import copy_project, tiny_params, write_params
+from .conftest import tiny_params, write_params
+from .workflow_repo import FIRST_REPRO_LOG, committed_repo, copy_repo, dvc, ran_stages
 
 MODELS = ("model_0", "model_1", "model_2")
 
 
-def run(cmd: list[str], cwd: Path) -> str:
-    env = dict(os.environ)
-    # DVC runs each stage's `python` from PATH: make it the interpreter running the tests.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr
-
-
-def dvc(*args: str, cwd: Path) -> str:
-    return run([str(Path(sys.executable).parent / "dvc"), *args], cwd)
-
-
-def ran_stages(output: str) -> list[str]:
-    return re.findall(r"Running stage '([^']+)'", output)
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, tiny_data) -> Path:
-    """A git repository with the project, tiny params, and one full `dvc repro` done."""
-    root = tmp_path_factory.mktemp("repo")
-    run(["git", "init", "-q", "-b", "main"], root)
-    run(["git", "config", "user.email", "test@example.com"], root)
-    run(["git", "config", "user.name", "test"], root)
-    copy_project(root)
-    write_params(root / "params.yaml", tiny_params(tiny_data))
-    dvc("init", "-q", cwd=root)
-    dvc("config", "core.analytics", "false", cwd=root)
-    root.joinpath("first_repro.log").write_text(dvc("repro", cwd=root))
-    return root
+    """A copy of the git repository where `dvc repro` ran once on tiny data, and its log."""
+    source = committed_repo(tmp_path_factory, tiny_data)
+    return copy_repo(source, tmp_path_factory.mktemp("e2e") / "repo")
 
 
 def test_repro_runs_every_stage_and_writes_every_output(repo):
-    ran = ran_stages((repo / "first_repro.log").read_text())
+    ran = ran_stages((repo / ".git" / FIRST_REPRO_LOG).read_text())
     assert ran[:2] == ["download", "prepare"]
     assert ran[-1] == "compare"
     expected = {f"train@{m}" for m in MODELS} | {f"evaluate@{m}" for m in MODELS}
@@ -138,3 +111,12 @@ def test_changing_one_learning_rate_reruns_exactly_its_stages(repo, tiny_data):
     assert set(json.loads(status)) == {"train@model_2", "compare"}
     ran = ran_stages(dvc("repro", cwd=repo))
     assert sorted(ran) == ["compare", "evaluate@model_2", "train@model_2"]
+
+
+def test_a_retrain_that_reproduces_the_weights_reruns_only_compare(repo):
+    # Only training time changes; it lives in metrics/train, which compare alone reads.
+    before = (repo / "models/model_0.pth").read_bytes()
+    assert ran_stages(dvc("repro", "-f", "-s", "train@model_0", cwd=repo)) == ["train@model_0"]
+    assert (repo / "models/model_0.pth").read_bytes() == before
+    assert set(json.loads(dvc("status", "--json", cwd=repo))) == {"compare"}
+    assert ran_stages(dvc("repro", cwd=repo)) == ["compare"]

@@ -9,7 +9,7 @@ import torch
 
 from fmnist.engine import NonFiniteLoss, epoch_batches, train_one_epoch
 from fmnist.models import build_model
-from fmnist.runtime import autocast, place_model, resolve_precision
+from fmnist.runtime import autocast, cpu_threads, place_model, resolve_precision
 
 from .conftest import load_stage, tiny_params, write_params
 
@@ -124,3 +124,15 @@ def test_bf16_models_are_evaluated_in_the_precision_they_were_trained_in(prepare
     load_stage("evaluate").main(["--model", "model_2"])
     metrics = json.loads((prepared / "metrics/models/model_2.json").read_text())
     assert metrics["accuracy"] == pytest.approx(sidecar["final"]["test_accuracy"], abs=2e-4)
+
+
+def test_thread_count_is_chosen_per_model_and_restored():
+    before = torch.get_num_threads()
+    with cpu_threads(0, build_model("linear", 4)) as threads:
+        assert threads == torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with cpu_threads(0, build_model("tinyvgg", 4)) as threads:
+        assert threads == before
+    with cpu_threads(3, build_model("linear", 4)) as threads:
+        assert threads == torch.get_num_threads() == 3
+    assert torch.get_num_threads() == before

@@ -118,6 +118,7 @@ def engine_train(
     seed: int,
     device: torch.device,
     eval_batch_size: int,
+    threads: int,
 ) -> Run:
     """Train with the project's engine, exactly as the train stage does (without saving)."""
     result = train_model(
@@ -128,6 +129,7 @@ def engine_train(
         device=device,
         eval_batch_size=eval_batch_size,
         precision=resolve_precision(hp.precision, device),
+        threads=threads,
     )
     last = result.history[-1]
     return Run(
@@ -171,10 +173,11 @@ def compare_model(
     seed: int,
     device: torch.device,
     eval_batch_size: int,
+    threads: int = 0,
 ) -> dict[str, object]:
     """Train `hp` both ways and report each run and the ratio project/lesson of wall time."""
     lesson = lesson_train(hp, *lesson_data, seed)
-    engine = engine_train(hp, *splits, seed, device, eval_batch_size)
+    engine = engine_train(hp, *splits, seed, device, eval_batch_size, threads)
     return {
         "model": hp.name,
         "arch": hp.arch,

@@ -37,7 +37,11 @@ def entry_point(main: Callable[[Sequence[str] | None], None]) -> Callable[..., N
     def wrapper(argv: Sequence[str] | None = None) -> None:
         if not logging.getLogger().handlers:
             logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-        name = main.__module__ if main.__module__ != "__main__" else sys.argv[0]
+        name = main.__module__
+        if name == "__main__":
+            # A stage script, or `python -m fmnist.x` (whose spec names the module).
+            spec = getattr(sys.modules["__main__"], "__spec__", None)
+            name = spec.name if spec is not None else sys.argv[0]
         start = time.perf_counter()
         try:
             main(argv)

@@ -12,11 +12,11 @@ from torch import nn
 
 from fmnist.atomic import atomic_open
 from fmnist.data import Split, to_model_input
-from fmnist.engine import NonFiniteLoss, Progress, epoch_batches, evaluate, train_one_epoch
+from fmnist.engine import SGD, NonFiniteLoss, Progress, epoch_batches, evaluate, train_one_epoch
 from fmnist.errors import PipelineError
 from fmnist.models import build_model
 from fmnist.params import ModelParams
-from fmnist.runtime import place_model, seed_everything
+from fmnist.runtime import cpu_threads, place_model, seed_everything
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
 
@@ -40,6 +40,7 @@ def train_model(
     device: torch.device,
     eval_batch_size: int,
     precision: str = "fp32",
+    threads: int = 0,
     progress: Callable[[int, int], Progress] | None = None,
 ) -> TrainingResult:
     """Train `hp`'s model with SGD, evaluating on the test set after every epoch.
@@ -49,35 +50,36 @@ def train_model(
     """
     seed_everything(seed)
     model = place_model(build_model(hp.arch, hp.hidden_units), device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=hp.lr)
+    optimizer = SGD(model.parameters(), lr=hp.lr)
     generator = torch.Generator().manual_seed(seed)
     history = []
-    start = time.perf_counter()
-    x_train, y_train = to_model_input(train.images, device), train.labels.to(device)
-    x_test, y_test = to_model_input(test.images, device), test.labels.to(device)
-    for epoch in range(1, hp.epochs + 1):
-        batches = epoch_batches(len(train), hp.batch_size, generator, device)
-        bar = progress(epoch, len(batches)) if progress else None
-        try:
-            fit = train_one_epoch(model, x_train, y_train, batches, optimizer, bar, precision)
-        except NonFiniteLoss as exc:
-            raise PipelineError(
-                f"{hp.name}: {exc} in epoch {epoch} with lr {hp.lr}; the model diverged, so "
-                f"nothing was saved. Lower models.{hp.name}.lr and run again"
-            ) from None
-        finally:
-            if bar is not None:
-                bar.close()
-        scores = evaluate(model, x_test, y_test, eval_batch_size, precision)
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": fit["loss"],
-                "train_accuracy": fit["accuracy"],
-                "test_loss": scores["loss"],
-                "test_accuracy": scores["accuracy"],
-            }
-        )
+    with cpu_threads(threads, model):
+        start = time.perf_counter()
+        x_train, y_train = to_model_input(train.images, device), train.labels.to(device)
+        x_test, y_test = to_model_input(test.images, device), test.labels.to(device)
+        for epoch in range(1, hp.epochs + 1):
+            batches = epoch_batches(len(train), hp.batch_size, generator, device)
+            bar = progress(epoch, len(batches)) if progress else None
+            try:
+                fit = train_one_epoch(model, x_train, y_train, batches, optimizer, bar, precision)
+            except NonFiniteLoss as exc:
+                raise PipelineError(
+                    f"{hp.name}: {exc} in epoch {epoch} with lr {hp.lr}; the model diverged, so "
+                    f"nothing was saved. Lower models.{hp.name}.lr and run again"
+                ) from None
+            finally:
+                if bar is not None:
+                    bar.close()
+            scores = evaluate(model, x_test, y_test, eval_batch_size, precision)
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": fit["loss"],
+                    "train_accuracy": fit["accuracy"],
+                    "test_loss": scores["loss"],
+                    "test_accuracy": scores["accuracy"],
+                }
+            )
     seconds = time.perf_counter() - start
     return TrainingResult(model=model, history=history, seconds=seconds, device=device)
 

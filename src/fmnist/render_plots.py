@@ -1,0 +1,163 @@
+"""Render DVC's plots into one HTML page that needs no network, for viewing offline.
+
+`dvc plots show` writes a page that loads Vega from a CDN. This module takes the same plots
+from `dvc plots show --json` (or `dvc plots diff --json REV...`), renders each Vega-Lite spec to
+SVG with vl-convert, and embeds the SVGs and DVC's PNG plots in a single self-contained page.
+
+    python -m fmnist.render_plots              # the workspace, into dvc_plots/index.html
+    python -m fmnist.render_plots main         # workspace against main, like `dvc plots diff`
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from fmnist.atomic import write_text
+from fmnist.cli import entry_point
+from fmnist.errors import PipelineError
+
+DEFAULT_OUT = Path("dvc_plots")
+PAGE = "index.html"
+MISSING = "vl-convert-python is not installed: run `pip install -e '.[plots]'` to render plots"
+
+STYLE = """
+body { font-family: sans-serif; margin: 2em; color: #222; }
+section { display: inline-block; vertical-align: top; margin: 0 2em 2em 0; }
+h2 { font-size: 1em; font-family: monospace; }
+figure { display: inline-block; margin: 0 1em 1em 0; }
+figure img { max-width: 600px; }
+figcaption { text-align: center; font-family: monospace; }
+.errors { color: #b00; }
+"""
+
+
+def vl_convert() -> ModuleType:
+    """Import vl-convert, an optional dependency, or say how to install it."""
+    try:
+        import vl_convert
+    except ImportError:
+        raise PipelineError(MISSING) from None
+    return vl_convert
+
+
+def plots_json(revs: Sequence[str], out_dir: Path) -> dict[str, Any]:
+    """Run `dvc plots show/diff --json`; DVC also copies the PNG plots into `out_dir`."""
+    command = "diff" if revs else "show"
+    args = [sys.executable, "-m", "dvc", "plots", command, *revs, "--json", "-o", str(out_dir)]
+    result = subprocess.run(args, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise PipelineError(f"`dvc plots {command}` failed: {result.stderr.strip()}")
+    return json.loads(result.stdout)
+
+
+def _vegalite_version(spec: dict[str, Any], known: Sequence[str]) -> str | None:
+    # DVC's templates are written for Vega-Lite 5; vl-convert defaults to its newest major.
+    match = re.search(r"/v(\d+)(?:\.\d+)*\.json$", spec.get("$schema", ""))
+    if not match:
+        return None
+    same_major = [v for v in known if v.split(".")[0] == match.group(1)]
+    return max(same_major, key=lambda v: tuple(map(int, v.split(".")))) if same_major else None
+
+
+def render_svg(spec: dict[str, Any]) -> str:
+    """Render one Vega-Lite spec, data included, to SVG."""
+    vlc = vl_convert()
+    version = _vegalite_version(spec, vlc.get_vegalite_versions())
+    return vlc.vegalite_to_svg(spec, vl_version=version)
+
+
+def render_png(spec: dict[str, Any], scale: float = 1.0) -> bytes:
+    """Render one Vega-Lite spec, data included, to PNG."""
+    vlc = vl_convert()
+    version = _vegalite_version(spec, vlc.get_vegalite_versions())
+    return vlc.vegalite_to_png(spec, vl_version=version, scale=scale)
+
+
+def _data_uri(kind: str, content: bytes) -> str:
+    return f"data:{kind};base64,{base64.b64encode(content).decode('ascii')}"
+
+
+def _figure(source: str, caption: str) -> str:
+    return (
+        f'<figure><img src="{source}" alt="{html.escape(caption)}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
+
+
+def revisions(plots: dict[str, Any]) -> list[str]:
+    """Return the revisions the plots show, in the order DVC lists them."""
+    seen: dict[str, None] = {}
+    for entries in plots.get("data", {}).values():
+        for entry in entries:
+            seen.update(dict.fromkeys(entry.get("revisions", [])))
+    return list(seen)
+
+
+def _section(name: str, entries: list[dict[str, Any]]) -> str:
+    figures = []
+    for entry in entries:
+        caption = ", ".join(entry.get("revisions", []))
+        if entry["type"] == "vega":
+            # An <img> per SVG, not inline <svg>: Vega names clip paths clip1, clip2... in
+            # every chart, and inline SVGs on one page would share those ids.
+            svg = render_svg(entry["content"]).encode()
+            figures.append(_figure(_data_uri("image/svg+xml", svg), caption))
+        elif entry["type"] == "image":
+            png = Path(entry["url"]).read_bytes()
+            figures.append(_figure(_data_uri("image/png", png), caption))
+        else:
+            raise PipelineError(f"{name}: unknown plot type {entry['type']!r}")
+    anchor = re.sub(r"[^A-Za-z0-9_-]", "_", name)
+    return f'<section id="{anchor}"><h2>{html.escape(name)}</h2>{"".join(figures)}</section>'
+
+
+def render_page(plots: dict[str, Any]) -> str:
+    """Return a self-contained HTML page of every plot in `dvc plots show --json` output."""
+    shown = revisions(plots)
+    title = "DVC plots: " + ", ".join(shown) if shown else "DVC plots"
+    sections = [_section(name, entries) for name, entries in plots.get("data", {}).items()]
+    body = "\n".join(sections) if sections else "<p>No plots.</p>"
+    if plots.get("errors"):
+        errors = html.escape(json.dumps(plots["errors"], indent=2))
+        body = f'<pre class="errors">{errors}</pre>\n{body}'
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n"
+        f"<body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
+    )
+
+
+def write_page(plots: dict[str, Any], out_dir: Path) -> Path:
+    """Render `plots` and write the page into `out_dir`; return its path."""
+    page = Path(out_dir) / PAGE
+    write_text(page, render_page(plots))
+    return page
+
+
+@entry_point
+def main(argv: Sequence[str] | None = None) -> None:
+    """Write the offline page for the workspace, or for the given revisions."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("revisions", nargs="*", help="revisions to compare, as `dvc plots diff`")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the page")
+    parser.add_argument(
+        "--json", type=Path, help="read this `dvc plots show --json` output instead of running DVC"
+    )
+    args = parser.parse_args(argv)
+    vl_convert()  # fail before running DVC when the renderer is missing
+    plots = json.loads(args.json.read_text()) if args.json else plots_json(args.revisions, args.out)
+    print(write_page(plots, args.out))
+
+
+if __name__ == "__main__":
+    main()

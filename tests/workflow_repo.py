@@ -1,0 +1,77 @@
+"""A git repository where the pipeline has run once on tiny data and been committed on `main`.
+
+The workflow tests (plots, branches, experiments, report) each copy it, git history and DVC
+cache included, instead of running the whole pipeline again.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import TinyData, copy_project, tiny_params, write_params
+
+BIN = Path(sys.executable).parent
+MODELS = ("model_0", "model_1", "model_2")
+FIRST_REPRO_LOG = "first_repro.log"
+_BUILT: dict[Path, Path] = {}
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    """Run a command, fail the test with its output if it fails, and return its stdout."""
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    # DVC runs each stage's `python` from PATH: make it the interpreter running the tests.
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    # Import the repository's own copy of the library, the one its dvc.lock hashes, rather than
+    # the editable install, which may have changed since the copy was made.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(cwd / "src"), env.get("PYTHONPATH")]))
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def dvc(*args: str, cwd: Path) -> str:
+    """Run the venv's DVC in `cwd` and return its stdout."""
+    return run([str(BIN / "dvc"), *args], cwd)
+
+
+def git(*args: str, cwd: Path) -> str:
+    """Run git in `cwd` and return its stdout."""
+    return run(["git", *args], cwd)
+
+
+def ran_stages(output: str) -> list[str]:
+    """Stages that a `dvc repro` or `dvc exp run` output says it ran."""
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def committed_repo(factory: pytest.TempPathFactory, tiny: TinyData) -> Path:
+    """Return this session's committed repository, running `dvc repro` there the first time."""
+    key = factory.getbasetemp()
+    if key not in _BUILT:
+        root = factory.mktemp("committed-repo")
+        git("init", "-q", "-b", "main", cwd=root)
+        git("config", "user.email", "test@example.com", cwd=root)
+        git("config", "user.name", "test", cwd=root)
+        copy_project(root)
+        write_params(root / "params.yaml", tiny_params(tiny))
+        dvc("init", "-q", cwd=root)
+        dvc("config", "core.analytics", "false", cwd=root)
+        # Kept where git does not see it, for the tests of what that first run did.
+        (root / ".git" / FIRST_REPRO_LOG).write_text(dvc("repro", cwd=root))
+        git("add", "-A", cwd=root)
+        git("commit", "-q", "-m", "Run the pipeline on tiny data", cwd=root)
+        _BUILT[key] = root
+    return _BUILT[key]
+
+
+def copy_repo(source: Path, dest: Path) -> Path:
+    """Copy a repository with its git history and DVC cache, for a test to change freely."""
+    shutil.copytree(source, dest, symlinks=True)
+    return dest
