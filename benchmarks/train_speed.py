@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     splits = benchmark.splits_from(lesson_data)
     results = []
     for hp in models:
-        log.info("%s: %d epochs, lesson loop then project engine on %s", hp.name, hp.epochs, device)
+        log.info("%s: %d epochs, engine on %s, then lesson loop", hp.name, hp.epochs, device)
         results.append(
             benchmark.compare_model(
                 hp,

@@ -51,7 +51,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             seed,
         )
     log.info(
-        "compared %s; wrote %s", ", ".join(table["model"]), paths.METRICS_DIR / "comparison.md"
+        "compared %s from %s, %s and %s; wrote %s, %s and the figures in %s",
+        ", ".join(table["model"]),
+        paths.MODEL_METRICS_DIR,
+        paths.TRAIN_METRICS_DIR,
+        paths.CONFUSION_DIR,
+        paths.METRICS_DIR / "comparison.md",
+        paths.METRICS_DIR / "comparison.csv",
+        paths.PLOTS_DIR,
     )
 
 

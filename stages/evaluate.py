@@ -47,11 +47,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     write_confusion_pairs(evaluation, test.labels, classes, paths.CONFUSION_DIR / f"{name}.csv")
 
     log.info(
-        "%s: test loss %.4f, accuracy %.2f%%; wrote %s",
+        "read %s (%s, %s) and %d test images",
+        paths.weights_path(name),
+        meta["arch"],
+        precision,
+        len(test),
+    )
+    log.info(
+        "%s: test loss %.4f, accuracy %.2f%%; wrote %s, %s and %s",
         name,
         evaluation.loss,
         100 * evaluation.accuracy,
         paths.MODEL_METRICS_DIR / f"{name}.json",
+        paths.PER_CLASS_DIR / f"{name}.csv",
+        paths.CONFUSION_DIR / f"{name}.csv",
     )
 
 

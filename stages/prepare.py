@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         {name: {"total": len(split), **counts[name]} for name, split in splits.items()},
     )
     sizes = ", ".join(f"{name}: {len(split)} images" for name, split in splits.items())
-    log.info("wrote %s (%s)", PREPARED_DIR, sizes)
+    log.info("read %s; wrote %s (%s)", RAW_DIR, PREPARED_DIR, sizes)
 
 
 if __name__ == "__main__":

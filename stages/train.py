@@ -25,14 +25,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     precision = resolve_precision(hp.precision, device)
     train, test = load_split(PREPARED_DIR, "train"), load_split(PREPARED_DIR, "test")
     classes = load_classes(PREPARED_DIR)
+    log.info("read %s: %d training and %d test images", PREPARED_DIR, len(train), len(test))
     log.info(
-        "training %s (%s) on %s in %s: %d images, %d epochs",
-        hp.name,
-        hp.arch,
-        device,
-        precision,
-        len(train),
-        hp.epochs,
+        "training %s (%s) on %s in %s for %d epochs", hp.name, hp.arch, device, precision, hp.epochs
     )
 
     result = train_model(

@@ -41,7 +41,7 @@ class SGD:
     """Plain SGD (no momentum, no weight decay): `p -= lr * grad`, as torch.optim.SGD computes it.
 
     torch.optim's optimizers import torch._dynamo on their first call, which costs the train
-    stage more than a second of its start-up; this update needs none of it. A test checks that
+    stage over a second of its start-up; this update needs none of it. A test checks that
     it gives the same weights as torch.optim.SGD, bit for bit.
     """
 
