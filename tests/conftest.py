@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
+import os
 import shutil
 import struct
 from dataclasses import dataclass
@@ -133,3 +134,18 @@ def project(tmp_path: Path, tiny_data: TinyData, monkeypatch: pytest.MonkeyPatch
     write_params(tmp_path / "params.yaml", tiny_params(tiny_data))
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def prepared_tiny(tmp_path_factory: pytest.TempPathFactory, tiny_data: TinyData) -> Path:
+    """A project where download and prepare ran on the tiny data: copy it, never change it."""
+    root = tmp_path_factory.mktemp("prepared")
+    write_params(root / "params.yaml", tiny_params(tiny_data))
+    cwd = Path.cwd()
+    os.chdir(root)
+    try:
+        load_stage("download").main([])
+        load_stage("prepare").main([])
+    finally:
+        os.chdir(cwd)
+    return root

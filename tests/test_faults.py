@@ -4,7 +4,6 @@ truncated output under an output's name, and no temporary file that outlives the
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import signal
 import subprocess
@@ -21,7 +20,7 @@ from fmnist.atomic import remove_stale_temps, write_text
 from fmnist.download import CHUNK
 
 from . import faulty_http
-from .conftest import ROOT, load_stage, tiny_params, write_params
+from .conftest import ROOT, tiny_params, write_params
 
 SIGNALS = [signal.SIGKILL, signal.SIGTERM, signal.SIGINT]
 BIG = "train-images-idx3-ubyte"
@@ -169,24 +168,9 @@ def test_download_stage_killed_mid_file_leaves_nothing_partial(tmp_path, tiny_da
 # --- The train stage, killed while training and while saving -------------------------------------
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory, tiny_data) -> Path:
-    """A project folder with the tiny data downloaded and prepared (nothing trained)."""
-    root = tmp_path_factory.mktemp("prepared")
-    write_params(root / "params.yaml", tiny_params(tiny_data))
-    cwd = Path.cwd()
-    os.chdir(root)
-    try:
-        load_stage("download").main([])
-        load_stage("prepare").main([])
-    finally:
-        os.chdir(cwd)
-    return root
-
-
 @pytest.fixture
-def project(tmp_path, prepared) -> Path:
-    shutil.copytree(prepared, tmp_path, dirs_exist_ok=True)
+def project(tmp_path, prepared_tiny) -> Path:
+    shutil.copytree(prepared_tiny, tmp_path, dirs_exist_ok=True)
     return tmp_path
 
 

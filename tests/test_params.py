@@ -1,5 +1,4 @@
 import copy
-import os
 import re
 import shutil
 import subprocess
@@ -187,21 +186,6 @@ BAD = {
 }
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory, tiny_data) -> Path:
-    """A project with the tiny data downloaded and prepared: a stage would have work to do."""
-    root = tmp_path_factory.mktemp("prepared")
-    write_params(root / "params.yaml", tiny_params(tiny_data))
-    cwd = Path.cwd()
-    os.chdir(root)
-    try:
-        load_stage("download").main([])
-        load_stage("prepare").main([])
-    finally:
-        os.chdir(cwd)
-    return root
-
-
 def tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
@@ -215,9 +199,9 @@ def run_in_process(stage: str, project: Path, capsys) -> tuple[int, str]:
 @pytest.mark.parametrize("case", list(BAD))
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_a_stage_with_bad_params_exits_with_one_line_and_writes_nothing(
-    tmp_path, prepared, tiny_data, monkeypatch, capsys, stage, case
+    tmp_path, prepared_tiny, tiny_data, monkeypatch, capsys, stage, case
 ):
-    shutil.copytree(prepared, tmp_path, dirs_exist_ok=True)
+    shutil.copytree(prepared_tiny, tmp_path, dirs_exist_ok=True)
     path, value, message = BAD[case]
     write_params(tmp_path / "params.yaml", _mutate(tiny_params(tiny_data), path, value))
     before = tree(tmp_path)
@@ -236,9 +220,9 @@ def _missing_device() -> str:
 
 @pytest.mark.parametrize("stage", ["train", "evaluate"])
 def test_a_device_this_machine_lacks_stops_the_stage_before_it_writes(
-    tmp_path, prepared, tiny_data, monkeypatch, capsys, stage
+    tmp_path, prepared_tiny, tiny_data, monkeypatch, capsys, stage
 ):
-    shutil.copytree(prepared, tmp_path, dirs_exist_ok=True)
+    shutil.copytree(prepared_tiny, tmp_path, dirs_exist_ok=True)
     if stage == "evaluate":  # give evaluate weights to score, so the device is all that is wrong
         monkeypatch.chdir(tmp_path)
         load_stage("train").main(STAGES["train"])
