@@ -136,3 +136,34 @@ def test_thread_count_is_chosen_per_model_and_restored():
     with cpu_threads(3, build_model("linear", 4)) as threads:
         assert threads == torch.get_num_threads() == 3
     assert torch.get_num_threads() == before
+
+
+def test_progress_in_a_ci_log_is_a_few_lines_per_epoch(monkeypatch):
+    import io
+    import sys
+    import time
+
+    from fmnist.progress import epoch_bars
+
+    log = io.StringIO()  # not a terminal, as in CI
+    monkeypatch.setattr(sys, "stderr", log)
+    bar = epoch_bars("model_0", 1)(1, 5000)
+    for step in range(5000):  # about a second: a terminal's bar would redraw several times
+        time.sleep(0.0002)
+        bar.update(1)
+        if step % 50 == 0:
+            bar.set_postfix_str(f"loss {1 / (step + 1):.4f}", refresh=False)
+    bar.close()
+    # tqdm separates redraws with carriage returns: a start line and a final line, no more.
+    redraws = [line for line in log.getvalue().replace("\r", "\n").splitlines() if line.strip()]
+    assert len(redraws) <= 3
+    assert redraws[-1].startswith("model_0 epoch 1/1: 100%") and "loss " in redraws[-1]
+
+
+def test_the_train_stage_logs_what_it_read_wrote_and_how_long_it_took(prepared, caplog):
+    caplog.set_level("INFO", logger="fmnist")
+    load_stage("train").main(["--model", "model_0"])
+    text = caplog.text
+    assert "read data/prepared: 240 training and 60 test images" in text
+    assert "wrote models/model_0.pth" in text
+    assert "done in" in text and "peak memory" in text
