@@ -1,12 +1,17 @@
 """DVC stage `compare`: tables and figures of every model's test results, without torch."""
 
-import json
 import logging
 from collections.abc import Sequence
 
 from fmnist import paths
 from fmnist.cli import entry_point, stage_parser
-from fmnist.compare import confusion_counts, load_metrics, load_predictions, write_comparison
+from fmnist.compare import (
+    confusion_counts,
+    load_classes,
+    load_metrics,
+    load_predictions,
+    write_comparison,
+)
 from fmnist.idx import read_idx
 from fmnist.params import load_params
 from fmnist.plots import accuracy_bars, confusion_png, prediction_grid, sample_grid
@@ -20,6 +25,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params(args.params)
     seed = params.runtime.seed
     table = load_metrics(paths.MODEL_METRICS_DIR, paths.TRAIN_METRICS_DIR, list(params.models))
+    # Every input is read before anything is written, so a failure leaves the outputs alone.
+    classes = load_classes(paths.PREPARED_DIR / paths.CLASSES_FILE)
+    train_images = read_idx(paths.RAW_DIR / "train-images-idx3-ubyte")
+    train_labels = read_idx(paths.RAW_DIR / "train-labels-idx1-ubyte")
+    test_images = read_idx(paths.RAW_DIR / "t10k-images-idx3-ubyte")
+    predictions = {
+        name: load_predictions(paths.CONFUSION_DIR / f"{name}.csv", classes, len(test_images))
+        for name in table["model"]
+    }
+
     write_comparison(
         table,
         paths.METRICS_DIR / "comparison.csv",
@@ -29,23 +44,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     accuracy_bars(
         table["model"].tolist(), table["accuracy"].tolist(), paths.COMPARISON_DIR / "accuracy.png"
     )
-
     # The figures are drawn here, once for all models, so that evaluate never pays for
     # matplotlib and mlxtend: their imports cost more than evaluating a model does.
-    classes = json.loads((paths.PREPARED_DIR / "classes.json").read_text())
-    train_images = read_idx(paths.RAW_DIR / "train-images-idx3-ubyte")
-    train_labels = read_idx(paths.RAW_DIR / "train-labels-idx1-ubyte")
-    sample_grid(train_images, train_labels.tolist(), classes, paths.SAMPLES_PNG, seed)
-    test_images = read_idx(paths.RAW_DIR / "t10k-images-idx3-ubyte")
+    sample_grid(train_images, train_labels, classes, paths.SAMPLES_PNG, seed)
     for row in table.itertuples(index=False):
-        actual, predicted = load_predictions(paths.CONFUSION_DIR / f"{row.model}.csv", classes)
+        actual, predicted = predictions[row.model]
         title = f"{row.model}: test accuracy {row.accuracy:.2%}"
         matrix = confusion_counts(actual, predicted, len(classes))
         confusion_png(matrix, classes, paths.IMAGES_DIR / f"{row.model}_confusion.png", title)
         prediction_grid(
             test_images,
-            predicted.tolist(),
-            actual.tolist(),
+            predicted,
+            actual,
             classes,
             paths.IMAGES_DIR / f"{row.model}_predictions.png",
             seed,

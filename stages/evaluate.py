@@ -1,4 +1,4 @@
-"""DVC stage `evaluate@<model>`: reload saved weights, score the test set, draw the results."""
+"""DVC stage `evaluate@<model>`: reload saved weights and score them on the whole test set."""
 
 import logging
 from collections.abc import Sequence
@@ -26,10 +26,11 @@ log = logging.getLogger("fmnist.evaluate")
 def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__, model=True).parse_args(argv)
     params = load_params(args.params)
-    name = params.model(args.model).name
+    hp = params.model(args.model)
+    name = hp.name
     device = resolve_device(params.runtime.device)
     # The sidecar must describe the model params.yaml configures, or this is a stale file.
-    model, meta = load_checkpoint(paths.weights_path(name), device, expected=params.model(name))
+    model, meta = load_checkpoint(paths.weights_path(name), expected=hp)
     model = place_model(model, device)
     test = load_split(paths.PREPARED_DIR, "test")
     classes = meta["classes"]

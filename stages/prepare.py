@@ -6,8 +6,7 @@ from collections.abc import Sequence
 from fmnist.atomic import write_json
 from fmnist.cli import entry_point, stage_parser
 from fmnist.data import class_counts, read_raw, save_prepared
-from fmnist.errors import PipelineError
-from fmnist.params import IDX_FILES, load_params
+from fmnist.params import load_params
 from fmnist.paths import DATA_ROOT, METRICS_DIR, PREPARED_DIR, RAW_DIR
 
 log = logging.getLogger("fmnist.prepare")
@@ -17,9 +16,6 @@ log = logging.getLogger("fmnist.prepare")
 def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__).parse_args(argv)
     load_params(args.params)  # nothing here is configurable, but bad params fail before work
-    missing = [name for name in IDX_FILES if not (RAW_DIR / name).is_file()]
-    if missing:
-        raise PipelineError(f"{RAW_DIR / missing[0]}: missing; run `dvc repro download` first")
     splits, classes = read_raw(DATA_ROOT)
     save_prepared(splits, classes, PREPARED_DIR)
     counts = {name: class_counts(split, classes) for name, split in splits.items()}

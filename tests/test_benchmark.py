@@ -25,7 +25,7 @@ def test_benchmark_times_both_loops_and_writes_the_report(project, tiny_data, ca
 
     report = json.loads(out.read_text())
     env = report["environment"]
-    assert env["torch"] and env["threads"] >= 1 and env["cpu"] and env["device"] == "cpu"
+    assert env["torch"] and env["default_threads"] >= 1 and env["cpu"] and env["device"] == "cpu"
     assert [m["model"] for m in report["models"]] == ["model_0", "model_2"]
     for row in report["models"]:
         assert row["epochs"] == 1 and row["batch_size"] == 16
@@ -36,6 +36,7 @@ def test_benchmark_times_both_loops_and_writes_the_report(project, tiny_data, ca
         assert row["time_ratio"] * row["speedup"] == pytest.approx(1, rel=0.01)
     # Same seed, same batches, same arithmetic: the linear model ends up the same both ways.
     linear = report["models"][0]
+    assert linear["project"]["threads"] == 1  # runtime.threads: 0 picks one for linear models
     assert linear["project"]["test_accuracy"] == linear["lesson"]["test_accuracy"]
     assert abs(linear["project"]["test_loss"] - linear["lesson"]["test_loss"]) < 1e-5
     table = capsys.readouterr().out

@@ -242,3 +242,16 @@ def test_a_mirror_that_does_not_answer_is_waited_for_once_not_per_file(tmp_path,
     skipped = [line for line in lines if "skipped" in line]
     assert skipped == [f"  - {dead}: skipped, it did not answer for an earlier file"] * 3
     assert sum("HTTP Error 404" in line for line in lines) == 4
+
+
+def test_a_file_mirror_missing_one_file_still_serves_the_others(tmp_path, tiny_data):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for name in tiny_data.raw:
+        if name != NAME:
+            (mirror / f"{name}.gz").write_bytes((tiny_data.source / f"{name}.gz").read_bytes())
+    sources = [mirror.as_uri(), str(tiny_data.source)]
+    used = fetch_dataset(sources, tiny_data.sha256, tmp_path / "raw", 1)
+    # The missing file comes from the next source; the mirror is not written off for the rest.
+    assert used[NAME] == str(tiny_data.source)
+    assert {used[name] for name in tiny_data.raw if name != NAME} == {mirror.as_uri()}

@@ -82,7 +82,7 @@ print(json.dumps(sorted(m for m in sys.modules if "." not in m)))
     ("stage", "forbidden"),
     [
         ("download", {"torch", "torchvision", "matplotlib", "pandas", "numpy"}),
-        ("prepare", {"torchvision", "matplotlib", "pandas"}),  # torchvision only when reading
+        ("prepare", {"torchvision", "matplotlib", "pandas"}),
         ("train", {"torchvision", "matplotlib", "pandas", "torchmetrics", "PIL"}),
         ("evaluate", {"torchvision", "matplotlib", "pandas", "torchmetrics", "mlxtend", "PIL"}),
         ("compare", {"torch", "torchvision", "torchmetrics"}),  # mlxtend only when drawing

@@ -155,3 +155,25 @@ def test_ctrl_c_ends_a_stage_with_one_line_and_status_130(capsys):
         main([])
     assert exit_info.value.code == 130
     assert capsys.readouterr().err == "error: interrupted\n"
+
+
+def test_compare_reads_everything_before_writing_anything(prepared, capsys):
+    for model in ("model_0", "model_1", "model_2"):
+        load_stage("train").main(["--model", model])
+        load_stage("evaluate").main(["--model", model])
+    pairs = prepared / "plots/confusion/model_1.csv"
+    rows = pairs.read_text().splitlines()
+    rows[1] = rows[1].split(",")[0] + ",Trousers"  # a name that is not a class
+    pairs.write_text("\n".join(rows) + "\n")
+    with pytest.raises(SystemExit):
+        load_stage("compare").main([])
+    assert "predicted class 'Trousers' is not a dataset class" in capsys.readouterr().err
+    assert not (prepared / "metrics/comparison.csv").exists()
+    assert not (prepared / "plots/images").exists()
+
+
+def test_a_prepared_split_that_is_not_a_mapping_is_a_clear_error(prepared, capsys):
+    torch.save(torch.zeros(3), prepared / "data/prepared/train.pt")
+    with pytest.raises(SystemExit):
+        load_stage("train").main(["--model", "model_0"])
+    assert "train.pt: not a prepared split (damaged?)" in capsys.readouterr().err

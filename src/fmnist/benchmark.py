@@ -5,8 +5,9 @@ batch size and number of epochs, and score the test set after every epoch. The l
 runs as the course writes it: torchvision's `FashionMNIST` with `ToTensor()` (one PIL image
 converted per sample), `DataLoader(batch_size, shuffle=True)`, a `.item()` per batch for the
 accuracy, and evaluation at the training batch size. Its DataLoader shuffles with a generator
-seeded as the engine's is, so both sides see the very same batches: the linear models then
-end with the same weights, and any gap in accuracy would be a bug, not luck.
+seeded as the engine's is, so both sides see the very same batches: model_0 ends with the same
+weights either way (a test checks it); model_1, whose ReLU on the logits makes it sensitive to
+rounding, drifts when the engine runs it on one thread.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Run:
     samples_per_second: float
     test_loss: float
     test_accuracy: float
+    threads: int
 
     def as_dict(self) -> dict[str, float]:
         """Rounded values for the JSON report."""
@@ -45,6 +47,7 @@ class Run:
             "samples_per_second": round(self.samples_per_second, 1),
             "test_loss": round(self.test_loss, 6),
             "test_accuracy": round(self.test_accuracy, 6),
+            "threads": self.threads,
         }
 
 
@@ -95,6 +98,7 @@ def lesson_train(
         samples_per_second=hp.epochs * len(train_data) / seconds,
         test_loss=test_loss,
         test_accuracy=test_acc,
+        threads=torch.get_num_threads(),
     )
 
 
@@ -137,6 +141,7 @@ def engine_train(
         samples_per_second=hp.epochs * len(train) / result.seconds,
         test_loss=last["test_loss"],
         test_accuracy=last["test_accuracy"],
+        threads=result.threads,
     )
 
 
@@ -155,7 +160,7 @@ def environment(device: torch.device) -> dict[str, object]:
     """What the timings depend on: torch, threads, CPU and device."""
     info: dict[str, object] = {
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "default_threads": torch.get_num_threads(),
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "device": device.type,

@@ -70,19 +70,37 @@ def write_comparison(table: pd.DataFrame, csv_path: Path, md_path: Path, plot_da
     _write_csv(table[["model", "accuracy"]], plot_data)
 
 
-def load_predictions(path: str | Path, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Read evaluate's `actual,predicted` class-name rows back as label indices, in test order."""
+def load_classes(path: str | Path) -> list[str]:
+    """Read the class names that prepare wrote, in label order (without importing torch)."""
+    try:
+        classes = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: missing; run `dvc repro prepare`") from None
+    except json.JSONDecodeError as exc:
+        raise PipelineError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise PipelineError(f"{path}: expected a list of class names")
+    return classes
+
+
+def load_predictions(
+    path: str | Path, classes: Sequence[str], count: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read evaluate's `actual,predicted` rows (one per test image) back as label indices."""
     try:
         pairs = pd.read_csv(path, dtype=str, keep_default_na=False)
     except FileNotFoundError:
-        raise PipelineError(f"{path}: missing; run `dvc repro evaluate` first") from None
+        raise PipelineError(f"{path}: missing; run `dvc repro evaluate`") from None
+    if list(pairs.columns) != ["actual", "predicted"] or len(pairs) != count:
+        raise PipelineError(f"{path}: expected actual,predicted rows for {count} test images")
     index = {name: i for i, name in enumerate(classes)}
-    try:
-        actual = pairs["actual"].map(index).to_numpy(dtype=np.int64)
-        predicted = pairs["predicted"].map(index).to_numpy(dtype=np.int64)
-    except (KeyError, ValueError, TypeError):
-        raise PipelineError(f"{path}: expected actual,predicted rows of class names") from None
-    return actual, predicted
+    labels = []
+    for column in ("actual", "predicted"):
+        unknown = sorted(set(pairs[column]) - set(index))
+        if unknown:
+            raise PipelineError(f"{path}: {column} class {unknown[0]!r} is not a dataset class")
+        labels.append(pairs[column].map(index).to_numpy(dtype=np.int64))
+    return labels[0], labels[1]
 
 
 def confusion_counts(actual: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:

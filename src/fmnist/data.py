@@ -13,9 +13,9 @@ import torch
 from fmnist.atomic import atomic_open, write_json
 from fmnist.errors import PipelineError
 from fmnist.idx import read_idx
+from fmnist.paths import CLASSES_FILE
 
 SPLITS = ("train", "test")
-CLASSES_FILE = "classes.json"
 # Fashion-MNIST's labels 0-9, named as the dataset and torchvision's FashionMNIST.classes name them.
 CLASSES = (
     "T-shirt/top",
@@ -60,7 +60,7 @@ def read_raw(root: str | Path) -> tuple[dict[str, Split], list[str]]:
         if labels.size and int(labels.max()) >= len(CLASSES):
             raise PipelineError(f"{raw}: {split} labels go up to {int(labels.max())}")
         splits[split] = Split(
-            images=torch.from_numpy(images.copy()), labels=torch.from_numpy(labels.astype("int64"))
+            images=torch.from_numpy(images), labels=torch.from_numpy(labels.astype("int64"))
         )
     return splits, list(CLASSES)
 
@@ -80,6 +80,8 @@ def load_split(prepared_dir: str | Path, split: str) -> Split:
     path = Path(prepared_dir) / f"{split}.pt"
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(payload, dict):
+            raise TypeError(type(payload).__name__)
         split_data = Split(images=payload["images"], labels=payload["labels"])
     except FileNotFoundError:
         raise PipelineError(f"{path}: missing; run `dvc repro prepare` first") from None
@@ -87,6 +89,7 @@ def load_split(prepared_dir: str | Path, split: str) -> Split:
         pickle.UnpicklingError,
         RuntimeError,
         EOFError,
+        OSError,
         zipfile.BadZipFile,
         KeyError,
         TypeError,

@@ -11,6 +11,7 @@ import hashlib
 import http.client
 import logging
 import os
+import socket
 import urllib.error
 import urllib.request
 import zlib
@@ -113,10 +114,14 @@ def _open_url(base: str, name: str, timeout_s: float) -> _Response:
     except urllib.error.HTTPError as exc:  # the server answered: only this file is missing
         raise SourceFailed(f"{url}: {exc}") from None
     except (TimeoutError, urllib.error.URLError) as exc:
-        if isinstance(getattr(exc, "reason", exc), TimeoutError):
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, TimeoutError):
             msg = f"{url}: no answer within {timeout_s:g} s (data.timeout_s)"
             raise SourceUnreachable(msg) from None
-        raise SourceUnreachable(f"{url}: {exc}") from None
+        if isinstance(reason, ConnectionError | socket.gaierror):
+            raise SourceUnreachable(f"{url}: {exc}") from None
+        # Anything else (a file:// source without this file, say) fails this file only.
+        raise SourceFailed(f"{url}: {exc}") from None
     except (OSError, http.client.HTTPException, ValueError) as exc:
         # HTTPError is an OSError; a server that does not speak HTTP raises BadStatusLine, a
         # malformed URL ValueError or InvalidURL.
@@ -150,7 +155,10 @@ def _copy_verified(stream: BinaryIO | _Response, target: Path, sha256: str) -> N
     """Decompress if needed, write to `target` and check the content's hash."""
     # Problems with what the source gives raise SourceFailed (the next source is tried); a
     # problem writing `target` raises OSError (no other source would help).
-    head = stream.read(len(GZIP_MAGIC))
+    try:
+        head = stream.read(len(GZIP_MAGIC))
+    except OSError as exc:
+        raise SourceFailed(f"unreadable content ({exc.__class__.__name__}: {exc})") from None
     source = _Prefixed(head, stream)
     reader: Callable[[int], bytes]
     reader = gzip.GzipFile(fileobj=source).read if head == GZIP_MAGIC else source.read

@@ -67,7 +67,6 @@ class NonFiniteLoss(PipelineError):
 
     def __init__(self, value: float, batch: int, n_batches: int) -> None:
         super().__init__(f"training loss became {value} at batch {batch} of {n_batches}")
-        self.value, self.batch, self.n_batches = value, batch, n_batches
 
 
 # How often a training loop reads its running loss back from the device, to show it and to
@@ -110,8 +109,11 @@ def train_one_epoch(
     # One small device write per step for the loss and one for the logits, instead of a chain
     # of tiny reductions: the host reads the losses back every CHECK_EVERY steps, and accuracy
     # is computed once, at the end of the epoch.
+    if not batches:
+        raise ValueError("an epoch needs at least one batch")
+    counts = [len(index) for index in batches]
     losses = torch.empty(len(batches), device=device)
-    sizes = torch.tensor([len(index) for index in batches], dtype=torch.float32, device=device)
+    sizes = torch.tensor(counts, dtype=torch.float32, device=device)
     outputs: torch.Tensor | None = None
     seen = 0
     for step, index in enumerate(batches, start=1):
@@ -123,7 +125,7 @@ def train_one_epoch(
         loss.backward()
         optimizer.step()
         if outputs is None:
-            outputs = torch.empty(int(sizes.sum()), logits.shape[1], device=device)
+            outputs = torch.empty(sum(counts), logits.shape[1], device=device)
         losses[step - 1] = loss.detach()
         outputs[seen : seen + len(index)] = logits.detach()
         seen += len(index)

@@ -38,11 +38,11 @@ def evaluate_model(
     num_classes: int,
     device: torch.device,
     batch_size: int,
-    precision: str = "fp32",
+    amp: str = "fp32",
 ) -> Evaluation:
-    """Score `model` on every test sample; the result does not depend on `batch_size`."""
+    """Score `model` on every test sample in `amp` (fp32 or bf16); `batch_size` changes nothing."""
     x, y = to_model_input(test.images, device), test.labels.to(device)
-    logits = predict_logits(model, x, batch_size, precision)
+    logits = predict_logits(model, x, batch_size, amp)
     scores = score_logits(logits, y)
     predictions = logits.argmax(dim=1)
     confusion = confusion_matrix(predictions, y, num_classes).cpu()

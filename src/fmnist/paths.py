@@ -5,6 +5,7 @@ from pathlib import Path
 DATA_ROOT = Path("data")
 RAW_DIR = DATA_ROOT / "FashionMNIST" / "raw"
 PREPARED_DIR = DATA_ROOT / "prepared"
+CLASSES_FILE = "classes.json"  # the class names, in label order, beside the prepared tensors
 MODELS_DIR = Path("models")
 METRICS_DIR = Path("metrics")
 MODEL_METRICS_DIR = METRICS_DIR / "models"

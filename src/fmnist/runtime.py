@@ -62,7 +62,9 @@ def native_bf16(device: torch.device) -> bool:
     """Tell whether `device` is a CPU that computes bf16 natively (AVX512-BF16 or AMX)."""
     if device.type != "cpu":
         return False
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    # Private torch helpers: should a release drop them, fall back to fp32 rather than fail.
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

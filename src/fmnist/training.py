@@ -29,6 +29,7 @@ class TrainingResult:
     history: list[dict[str, float]]
     seconds: float
     device: torch.device
+    threads: int  # torch's CPU threads during training
 
 
 def train_model(
@@ -53,7 +54,7 @@ def train_model(
     optimizer = SGD(model.parameters(), lr=hp.lr)
     generator = torch.Generator().manual_seed(seed)
     history = []
-    with cpu_threads(threads, model):
+    with cpu_threads(threads, model) as used_threads:
         start = time.perf_counter()
         x_train, y_train = to_model_input(train.images, device), train.labels.to(device)
         x_test, y_test = to_model_input(test.images, device), test.labels.to(device)
@@ -81,7 +82,9 @@ def train_model(
                 }
             )
     seconds = time.perf_counter() - start
-    return TrainingResult(model=model, history=history, seconds=seconds, device=device)
+    return TrainingResult(
+        model=model, history=history, seconds=seconds, device=device, threads=used_threads
+    )
 
 
 def checkpoint_metadata(
