@@ -43,11 +43,9 @@ class Split:
 
 
 def read_raw(root: str | Path) -> tuple[dict[str, Split], list[str]]:
-    """Read both splits from the IDX files in `root`/FashionMNIST/raw, as torchvision would.
-
-    The arrays are the ones torchvision's `FashionMNIST(root).data` and `.targets` hold (a test
-    checks it); reading them with numpy spares this stage torchvision's import, over a second.
-    """
+    """Read both splits from the IDX files in `root`/FashionMNIST/raw, as torchvision would."""
+    # The arrays are the ones torchvision's `FashionMNIST(root).data` and `.targets` hold (a
+    # test checks it); reading them with numpy spares this stage torchvision's import.
     raw = Path(root) / "FashionMNIST" / "raw"
     splits = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):

@@ -37,13 +37,11 @@ class Optimizer(Protocol):
     def step(self) -> object: ...
 
 
+# torch.optim's optimizers import torch._dynamo on their first call, which costs the train
+# stage over a second of its start-up; this update needs none of it. A test checks that it
+# gives the same weights as torch.optim.SGD, bit for bit.
 class SGD:
-    """Plain SGD (no momentum, no weight decay): `p -= lr * grad`, as torch.optim.SGD computes it.
-
-    torch.optim's optimizers import torch._dynamo on their first call, which costs the train
-    stage over a second of its start-up; this update needs none of it. A test checks that
-    it gives the same weights as torch.optim.SGD, bit for bit.
-    """
+    """Plain SGD, `p -= lr * grad` with no momentum or decay, as torch.optim.SGD computes it."""
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float) -> None:
         self.params = [p for p in params if p.requires_grad]
@@ -77,11 +75,7 @@ CHECK_EVERY = 50
 def epoch_batches(
     n: int, batch_size: int, generator: torch.Generator, device: torch.device | str = "cpu"
 ) -> list[torch.Tensor]:
-    """Return one epoch of shuffled index batches, drawing from `generator` as DataLoader does.
-
-    `generator` is a CPU generator, as DataLoader's is; the indices are then moved to `device`
-    in one transfer.
-    """
+    """Return one epoch of shuffled index batches on `device`, drawn from a CPU `generator`."""
     # A DataLoader iterator draws an int64 base seed for its workers when it is created, even
     # with no workers; RandomSampler then draws the epoch's permutation and, once exhausted, a
     # second permutation for the `num_samples % n` tail, which it throws away.
@@ -100,10 +94,7 @@ def train_one_epoch(
     progress: Progress | None = None,
     precision: str = "fp32",
 ) -> dict[str, float]:
-    """Run one optimisation pass over `batches`; return mean per-sample loss and accuracy.
-
-    Raises NonFiniteLoss as soon as a periodic check sees the running loss turn NaN or inf.
-    """
+    """Run one optimisation pass; return mean loss and accuracy, or raise NonFiniteLoss early."""
     model.train()
     device = images.device
     # One small device write per step for the loss and one for the logits, instead of a chain

@@ -97,11 +97,9 @@ def metrics_record(
     parameters: int,
     device: torch.device,
 ) -> dict[str, object]:
-    """The per-model metrics file: stable keys that `dvc metrics show/diff` compare.
-
-    No timing here: the same weights give the same bytes, so DVC sees no change after a re-run
-    that reproduced them. Training time lives in metrics/train/<model>.json.
-    """
+    """The per-model metrics file: stable keys that `dvc metrics show/diff` compare."""
+    # No timing here: the same weights give the same bytes, so DVC sees no change after a
+    # re-run that reproduced them. Training time lives in metrics/train/<model>.json.
     return {
         "model": name,
         "arch": meta["arch"],

@@ -43,12 +43,10 @@ def has_convolutions(model: nn.Module) -> bool:
 
 @contextlib.contextmanager
 def cpu_threads(requested: int, model: nn.Module) -> Iterator[int]:
-    """Run the block with `requested` torch CPU threads, then restore the previous count.
-
-    0 chooses by model: torch's default (one per core) for convolutional models, one thread
-    for the linear ones, whose tiny matrix products lose more to thread synchronisation than
-    they gain (about a quarter of their training time on two cores).
-    """
+    """Run the block with `requested` CPU threads (0: chosen by model), then restore the count."""
+    # 0 keeps torch's default (one per core) for convolutional models and uses one thread for
+    # the linear ones, whose tiny matrix products lose more to thread synchronisation than they
+    # gain (about a quarter of their training time on two cores).
     before = torch.get_num_threads()
     threads = requested or (before if has_convolutions(model) else 1)
     torch.set_num_threads(threads)
@@ -68,35 +66,28 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """Turn a model's precision into fp32 or bf16.
-
-    `auto` picks bf16 only on a CPU that computes it natively, where it trains TinyVGG about
-    twice as fast. Elsewhere bf16 is emulated on CPUs (several times slower) and, on GPUs,
-    models this small are bound by kernel launches: autocast's casts only add kernels.
-    """
+    """Turn a model's precision into fp32 or bf16: `auto` is bf16 on CPUs with native bf16."""
+    # Elsewhere bf16 is emulated on CPUs (several times slower) and, on GPUs, models this small
+    # are bound by kernel launches: autocast's casts only add kernels.
     if name == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     return name
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Return the context that runs a forward pass in `precision` (fp32 or bf16) on `device`.
-
-    Enter it around each step, not around a whole epoch: autocast caches its low-precision
-    copies of the weights until the context exits, so a long-lived context would keep using
-    the weights of the first step.
-    """
+    """Return the context that runs one step's forward pass in `precision` (fp32 or bf16)."""
+    # Enter it around each step, not around a whole epoch: autocast caches its low-precision
+    # copies of the weights until the context exits, so a long-lived context would keep using
+    # the weights of the first step.
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def place_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """Move `model` to `device`, in channels-last layout when it has convolutions.
-
-    Channels-last lets oneDNN (CPU) and cuDNN (GPU) pick their faster convolution kernels; it
-    changes no result beyond floating-point rounding.
-    """
+    """Move `model` to `device`, in channels-last layout when it has convolutions (faster)."""
+    # Channels-last lets oneDNN (CPU) and cuDNN (GPU) pick their faster convolution kernels; it
+    # changes no result beyond floating-point rounding.
     model = model.to(device)
     if has_convolutions(model) and device.type in ("cpu", "cuda"):
         model = model.to(memory_format=torch.channels_last)

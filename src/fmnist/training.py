@@ -44,11 +44,8 @@ def train_model(
     threads: int = 0,
     progress: Callable[[int, int], Progress] | None = None,
 ) -> TrainingResult:
-    """Train `hp`'s model with SGD, evaluating on the test set after every epoch.
-
-    `progress(epoch, n_batches)` may return a bar that counts the epoch's batches. A loss that
-    turns NaN or infinite stops training with an error that names the model, epoch and lr.
-    """
+    """Train `hp`'s model with SGD, scoring the test set after each epoch; NaN loss is an error."""
+    # `progress(epoch, n_batches)` may return a bar that counts the epoch's batches.
     seed_everything(seed)
     model = place_model(build_model(hp.arch, hp.hidden_units), device)
     optimizer = SGD(model.parameters(), lr=hp.lr)
