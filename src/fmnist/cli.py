@@ -6,6 +6,7 @@ import argparse
 import functools
 import logging
 import resource
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +29,14 @@ def peak_mb() -> float:
     """Peak resident memory of this process so far, in MB (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1e6 if sys.platform == "darwin" else peak * 1024 / 1e6
+
+
+def run_dvc(*args: str) -> str:
+    """Run a DVC command with this interpreter in the current folder; return its stdout."""
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise PipelineError(f"`dvc {' '.join(args)}` failed: {result.stderr.strip()}")
+    return result.stdout
 
 
 def entry_point(main: Callable[[Sequence[str] | None], None]) -> Callable[..., None]:

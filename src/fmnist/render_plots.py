@@ -15,15 +15,13 @@ import base64
 import html
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from fmnist.atomic import write_text
-from fmnist.cli import entry_point
+from fmnist.cli import entry_point, run_dvc
 from fmnist.errors import PipelineError
 
 DEFAULT_OUT = Path("dvc_plots")
@@ -53,11 +51,7 @@ def vl_convert() -> ModuleType:
 def plots_json(revs: Sequence[str], out_dir: Path) -> dict[str, Any]:
     """Run `dvc plots show/diff --json`; DVC also copies the PNG plots into `out_dir`."""
     command = "diff" if revs else "show"
-    args = [sys.executable, "-m", "dvc", "plots", command, *revs, "--json", "-o", str(out_dir)]
-    result = subprocess.run(args, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise PipelineError(f"`dvc plots {command}` failed: {result.stderr.strip()}")
-    return json.loads(result.stdout)
+    return json.loads(run_dvc("plots", command, *revs, "--json", "-o", str(out_dir)))
 
 
 def _vegalite_version(spec: dict[str, Any], known: Sequence[str]) -> str | None:

@@ -9,24 +9,18 @@ committed to git, so the base needs no DVC remote. Run it after `dvc repro`:
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from fmnist.atomic import write_text
-from fmnist.cli import entry_point
-from fmnist.errors import PipelineError
+from fmnist.cli import entry_point, run_dvc
 from fmnist.paths import COMPARISON_DIR, IMAGES_DIR, METRICS_DIR
 
 
 def dvc_markdown(*args: str) -> str:
     """Run a DVC command with `--md` in the current directory and return its table."""
-    command = [sys.executable, "-m", "dvc", *args, "--md"]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise PipelineError(f"`dvc {' '.join(args)}` failed: {result.stderr.strip()}")
-    return result.stdout.strip()
+    return run_dvc(*args, "--md").strip()
 
 
 def _table_or(table: str, empty: str) -> str:
