@@ -8,6 +8,7 @@ import importlib.util
 import os
 import shutil
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -15,6 +16,8 @@ from types import ModuleType
 import numpy as np
 import pytest
 import yaml
+
+from .s3_store import Server, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
 IDX_NAMES = {
@@ -149,3 +152,10 @@ def prepared_tiny(tmp_path_factory: pytest.TempPathFactory, tiny_data: TinyData)
     finally:
         os.chdir(cwd)
     return root
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real SeaweedFS S3 server on 127.0.0.1 for one test module, stopped at its end."""
+    with running_server(tmp_path_factory.mktemp("seaweedfs")) as started:
+        yield started

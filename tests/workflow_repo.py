@@ -23,22 +23,29 @@ FIRST_REPRO_LOG = "first_repro.log"
 _BUILT: dict[Path, Path] = {}
 
 
-def run(cmd: list[str], cwd: Path) -> str:
+def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
     """Run a command, fail the test with its output if it fails, and return its stdout."""
-    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    result = run_unchecked(cmd, cwd, env)
+    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def run_unchecked(
+    cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run a command as `run` does, with `env` added, and return its result whatever it is."""
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", **(env or {}))
     # DVC runs each stage's `python` from PATH: make it the interpreter running the tests.
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     # Import the repository's own copy of the library, the one its dvc.lock hashes, rather than
     # the editable install, which may have changed since the copy was made.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(cwd / "src"), env.get("PYTHONPATH")]))
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def dvc(*args: str, cwd: Path) -> str:
+def dvc(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
     """Run the venv's DVC in `cwd` and return its stdout."""
-    return run([str(BIN / "dvc"), *args], cwd)
+    return run([str(BIN / "dvc"), *args], cwd, env)
 
 
 def git(*args: str, cwd: Path) -> str:

