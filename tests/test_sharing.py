@@ -72,7 +72,7 @@ def test_the_committed_config_names_the_remote_but_holds_no_credentials(clone_a,
 
 
 def test_a_push_sends_outputs_and_run_cache(clone_a, server):
-    keys = server.keys()
+    keys = server.object_keys()
     assert any(key.startswith("dvc/files/md5/") for key in keys)
     assert any(key.startswith("dvc/runs/") for key in keys), "no run-cache entry was pushed"
     # Every model's weights are there, by the hash that dvc.lock records.
@@ -153,3 +153,14 @@ def test_a_result_computed_in_one_clone_is_restored_in_another_from_the_run_cach
         assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in output
     produced = json.loads((root / "metrics/models/model_1.json").read_text())
     assert produced != json.loads((clone_a / "metrics/models/model_1.json").read_text())
+
+
+def test_a_registered_model_is_fetched_without_cloning(clone_a, server, tmp_path):
+    # A version is a git tag that the model registry (GTO, installed with DVC) writes.
+    run([str(BIN / "gto"), "register", "model_2", "--version", "v1.0.0"], clone_a)
+    out = tmp_path / "fetched"
+    out.mkdir()
+    dvc_with(server, "artifacts", "get", str(clone_a), "model_2", "-o", str(out), cwd=tmp_path)
+    dvc_with(server, "get", str(clone_a), "models/model_2.json", "-o", str(out), cwd=tmp_path)
+    assert (out / "model_2.pth").read_bytes() == (clone_a / "models/model_2.pth").read_bytes()
+    assert (out / "model_2.json").read_bytes() == (clone_a / "models/model_2.json").read_bytes()

@@ -45,7 +45,9 @@ def entry_point(main: Callable[[Sequence[str] | None], None]) -> Callable[..., N
     @functools.wraps(main)
     def wrapper(argv: Sequence[str] | None = None) -> None:
         if not logging.getLogger().handlers:
-            logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+            # Our progress at INFO; other libraries' (boto's credential notes, say) only warnings.
+            logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+            logging.getLogger("fmnist").setLevel(logging.INFO)
         name = main.__module__
         if name == "__main__":
             # A stage script, or `python -m fmnist.x` (whose spec names the module).
