@@ -213,6 +213,17 @@ def test_offline_page_embeds_every_plot_and_loads_nothing(repo, plots):
         assert_drawn(rgb(png))
 
 
+def test_each_chart_can_be_written_as_a_png_named_after_it(plots, tmp_path):
+    source = tmp_path / "plots.json"
+    source.write_text(json.dumps({"data": plots}))
+    out = ["--out", str(tmp_path / "page"), "--png", str(tmp_path / "png")]
+    render_plots.main(["--json", str(source), *out])
+    names = {path.name for path in (tmp_path / "png").iterdir()}
+    assert "train_model_2.png" in names and "test_loss_by_epoch_every_model.png" in names
+    assert len(names) == len(CHARTS)
+    assert_drawn(rgb((tmp_path / "png" / "confusion_model_0.png").read_bytes()))
+
+
 def test_offline_page_without_vl_convert_says_how_to_install(tmp_path, monkeypatch, capsys, plots):
     monkeypatch.setitem(sys.modules, "vl_convert", None)  # makes `import vl_convert` fail
     source = tmp_path / "plots.json"
