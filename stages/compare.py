@@ -7,10 +7,11 @@ from fmnist import paths
 from fmnist.cli import entry_point, stage_parser
 from fmnist.compare import (
     confusion_counts,
+    join_curves,
     load_classes,
     load_metrics,
     load_predictions,
-    write_comparison,
+    write_csv,
 )
 from fmnist.idx import read_idx
 from fmnist.params import load_params
@@ -31,16 +32,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     train_labels = read_idx(paths.RAW_DIR / "train-labels-idx1-ubyte")
     test_images = read_idx(paths.RAW_DIR / "t10k-images-idx3-ubyte")
     predictions = {
-        name: load_predictions(paths.CONFUSION_DIR / f"{name}.csv", classes, len(test_images))
+        name: load_predictions(paths.PREDICTIONS_DIR / f"{name}.csv", classes, len(test_images))
         for name in table["model"]
     }
+    labels = {name: hp.label for name, hp in params.models.items()}
+    epochs, steps = join_curves(paths.CURVES_DIR, paths.STEPS_DIR, labels)
 
-    write_comparison(
-        table,
-        paths.METRICS_DIR / "comparison.csv",
-        paths.METRICS_DIR / "comparison.md",
-        paths.COMPARISON_DIR / "accuracy.csv",
-    )
+    write_csv(table, paths.COMPARISON_CSV)
+    write_csv(epochs, paths.COMPARISON_DIR / "epochs.csv")
+    write_csv(steps, paths.COMPARISON_DIR / "steps.csv")
     accuracy_bars(
         table["model"].tolist(), table["accuracy"].tolist(), paths.COMPARISON_DIR / "accuracy.png"
     )
@@ -61,13 +61,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             seed,
         )
     log.info(
-        "compared %s from %s, %s and %s; wrote %s, %s and the figures in %s",
+        "compared %s from %s, %s, %s and %s; wrote %s and the figures in %s",
         ", ".join(table["model"]),
         paths.MODEL_METRICS_DIR,
         paths.TRAIN_METRICS_DIR,
-        paths.CONFUSION_DIR,
-        paths.METRICS_DIR / "comparison.md",
-        paths.METRICS_DIR / "comparison.csv",
+        paths.CURVES_DIR,
+        paths.PREDICTIONS_DIR,
+        paths.COMPARISON_DIR,
         paths.PLOTS_DIR,
     )
 

@@ -12,8 +12,9 @@ from fmnist.evaluation import (
     check_reproduces,
     evaluate_model,
     metrics_record,
-    write_confusion_pairs,
+    write_confusion,
     write_per_class,
+    write_predictions,
 )
 from fmnist.models import count_parameters
 from fmnist.params import load_params
@@ -45,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     record = metrics_record(name, meta, evaluation, count_parameters(model), device)
     write_json(paths.MODEL_METRICS_DIR / f"{name}.json", record)
     write_per_class(evaluation, classes, paths.PER_CLASS_DIR / f"{name}.csv")
-    write_confusion_pairs(evaluation, test.labels, classes, paths.CONFUSION_DIR / f"{name}.csv")
+    write_confusion(evaluation, classes, paths.CONFUSION_DIR / f"{name}.csv")
+    write_predictions(evaluation, test.labels, classes, paths.PREDICTIONS_DIR / f"{name}.csv")
 
     log.info(
         "read %s (%s, %s) and %d test images",
@@ -55,13 +57,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         len(test),
     )
     log.info(
-        "%s: test loss %.4f, accuracy %.2f%%; wrote %s, %s and %s",
+        "%s: test loss %.4f, accuracy %.2f%%; wrote %s, %s, %s and %s",
         name,
         evaluation.loss,
         100 * evaluation.accuracy,
         paths.MODEL_METRICS_DIR / f"{name}.json",
         paths.PER_CLASS_DIR / f"{name}.csv",
         paths.CONFUSION_DIR / f"{name}.csv",
+        paths.PREDICTIONS_DIR / f"{name}.csv",
     )
 
 

@@ -3,11 +3,10 @@
 import logging
 from collections.abc import Sequence
 
-from fmnist.atomic import write_json
 from fmnist.cli import entry_point, stage_parser
-from fmnist.data import class_counts, read_raw, save_prepared
+from fmnist.data import read_raw, save_prepared, write_class_counts
 from fmnist.params import load_params
-from fmnist.paths import DATA_ROOT, METRICS_DIR, PREPARED_DIR, RAW_DIR
+from fmnist.paths import CLASS_COUNTS_CSV, DATA_ROOT, PREPARED_DIR, RAW_DIR
 
 log = logging.getLogger("fmnist.prepare")
 
@@ -18,11 +17,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     load_params(args.params)  # nothing here is configurable, but bad params fail before work
     splits, classes = read_raw(DATA_ROOT)
     save_prepared(splits, classes, PREPARED_DIR)
-    counts = {name: class_counts(split, classes) for name, split in splits.items()}
-    write_json(
-        METRICS_DIR / "data.json",
-        {name: {"total": len(split), **counts[name]} for name, split in splits.items()},
-    )
+    write_class_counts(splits, classes, CLASS_COUNTS_CSV)
     sizes = ", ".join(f"{name}: {len(split)} images" for name, split in splits.items())
     log.info("read %s; wrote %s (%s)", RAW_DIR, PREPARED_DIR, sizes)
 

@@ -8,10 +8,10 @@ from fmnist.checkpoint import save_checkpoint
 from fmnist.cli import entry_point, stage_parser
 from fmnist.data import load_classes, load_split
 from fmnist.params import load_params
-from fmnist.paths import CURVES_DIR, PREPARED_DIR, TRAIN_METRICS_DIR, weights_path
+from fmnist.paths import CURVES_DIR, PREPARED_DIR, STEPS_DIR, TRAIN_METRICS_DIR, weights_path
 from fmnist.progress import epoch_bars
 from fmnist.runtime import resolve_device, resolve_precision
-from fmnist.training import checkpoint_metadata, train_model, write_history
+from fmnist.training import checkpoint_metadata, train_model, write_history, write_steps
 
 log = logging.getLogger("fmnist.train")
 
@@ -39,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         eval_batch_size=params.eval.batch_size,
         precision=precision,
         threads=params.runtime.threads,
+        loss_every=params.curves.loss_every,
         progress=epoch_bars(hp.name, hp.epochs),
     )
     for row in result.history:
@@ -57,14 +58,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     save_checkpoint(result.model, weights_path(hp.name), meta)
     write_history(result.history, CURVES_DIR / f"{hp.name}.csv")
-    # Timing lives in its own file so that the weights and curves stay byte-identical per run.
+    write_steps(result.steps, hp.label, STEPS_DIR / f"{hp.name}.csv")
+    # Timing lives in its own file so that the weights and curves stay byte-identical per run;
+    # nested under the model's name, so that DVC names its columns `model_2.train_seconds`.
     write_json(
         TRAIN_METRICS_DIR / f"{hp.name}.json",
         {
-            "model": hp.name,
-            "device": device.type,
-            "train_seconds": round(result.seconds, 3),
-            "samples_per_second": round(hp.epochs * len(train) / result.seconds, 1),
+            hp.name: {
+                "train_seconds": round(result.seconds, 3),
+                "samples_per_second": round(hp.epochs * len(train) / result.seconds, 1),
+            }
         },
     )
     log.info("%s trained in %.1f s; wrote %s", hp.name, result.seconds, weights_path(hp.name))

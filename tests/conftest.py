@@ -103,6 +103,9 @@ def tiny_params(tiny: TinyData, **model_overrides: dict) -> dict:
         "runtime": {"device": "cpu", "seed": 42, "threads": 0},
         "data": {"sources": [str(tiny.source)], "sha256": dict(tiny.sha256), "timeout_s": 5},
         "eval": {"batch_size": 25},
+        # 15 steps per epoch on the tiny data: a point of the running loss every 5 of them.
+        "curves": {"loss_every": 5},
+        "gate": {"max_accuracy_drop": 1.0},
         "models": models,
     }
 
@@ -121,8 +124,10 @@ def load_stage(name: str) -> ModuleType:
 
 
 def copy_project(dest: Path) -> None:
-    """Copy what `dvc repro` needs (dvc.yaml, stages, library) into `dest`."""
+    """Copy what `dvc repro` needs (dvc.yaml, plot templates, stages, library) into `dest`."""
+    # After `dvc init`, which refuses a folder that already has a .dvc.
     shutil.copy(ROOT / "dvc.yaml", dest / "dvc.yaml")
+    shutil.copytree(ROOT / ".dvc" / "plots", dest / ".dvc" / "plots")
     shutil.copytree(ROOT / "stages", dest / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(
         ROOT / "src",

@@ -1,20 +1,23 @@
 """Between branches: `dvc metrics diff` and `dvc params diff` see one model's change, and only it.
 
 A branch off the committed tiny-data run halves model_0's learning rate, re-runs and commits.
-Metrics are committed to git, so no DVC remote is involved. The pull-request report and the
-offline plots page are checked on the same two branches.
+Metrics are committed to git, so no DVC remote is involved. The pull-request report, its
+accuracy gate, `dvc plots diff` and the offline plots page are checked on the same two branches.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from .conftest import tiny_params, write_params
-from .workflow_repo import MODELS, committed_repo, copy_repo, dvc, git, ran_stages, run
+from .vega_specs import problems
+from .workflow_repo import BIN, MODELS, committed_repo, copy_repo, dvc, git, ran_stages, run
 
 BRANCH = "lower-lr"
 
@@ -54,13 +57,14 @@ def test_metrics_diff_reports_only_that_model(repo):
     diff = json.loads(dvc("metrics", "diff", "main", "--json", cwd=repo))
     assert {model_of(path) for path in diff} == {"model_0"}
     changes = diff["metrics/models/model_0.json"]
-    assert "loss" in changes
-    assert changes["loss"]["old"] != changes["loss"]["new"]
+    assert "model_0.loss" in changes
+    assert changes["model_0.loss"]["old"] != changes["model_0.loss"]["new"]
     for path, file_changes in diff.items():
-        main = json.loads(git("show", f"main:{path}", cwd=repo))
-        branch = json.loads((repo / path).read_text())
+        main = json.loads(git("show", f"main:{path}", cwd=repo))["model_0"]
+        branch = json.loads((repo / path).read_text())["model_0"]
         for key, change in file_changes.items():
-            assert (change["old"], change["new"]) == (main[key], branch[key])
+            name = key.removeprefix("model_0.")
+            assert (change["old"], change["new"]) == (main[name], branch[name])
 
 
 def test_all_metrics_diff_compares_every_model(repo):
@@ -68,31 +72,79 @@ def test_all_metrics_diff_compares_every_model(repo):
     diff = json.loads(dvc("metrics", "diff", "main", "--all", "--json", cwd=repo))
     assert {model_of(path) for path in diff} == set(MODELS)
     for model in ("model_1", "model_2"):
-        loss = diff[f"metrics/models/{model}.json"]["loss"]
+        loss = diff[f"metrics/models/{model}.json"][f"{model}.loss"]
         assert loss["old"] == loss["new"]
+
+
+def _report(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fmnist.report", "--base", "main", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}"),
+    )
 
 
 def test_report_has_both_diffs_as_markdown_and_the_charts(repo):
     run([sys.executable, "-m", "fmnist.report", "--base", "main", "--out", "report.md"], repo)
     report = (repo / "report.md").read_text()
+    results = report.split("## Results")[1].split("## Test accuracy")[0]
+    accuracy = report.split("## Test accuracy against `main`")[1].split("## Metrics")[0]
     metrics = report.split("## Metrics changed from `main`")[1].split("## Params")[0]
     params = report.split("## Params changed from `main`")[1].split("## Charts")[0]
 
+    assert "| model | architecture |" in results
+    rows = [line for line in results.splitlines() if line.startswith("| model_")]
+    assert [row.split("|")[1].strip() for row in rows] == list(MODELS)
     rows = [line.split("|")[1:-1] for line in metrics.splitlines() if line.startswith("| ")]
     cells = [[cell.strip() for cell in row] for row in rows]
     assert cells[0][:2] == ["Path", "Metric"]
     assert {model_of(row[0]) for row in cells[1:]} == {"model_0"}
-    assert ["metrics/models/model_0.json", "loss"] in [row[:2] for row in cells[1:]]
+    assert ["metrics/models/model_0.json", "model_0.loss"] in [row[:2] for row in cells[1:]]
     rows = [line.split("|")[1:-1] for line in params.splitlines() if line.startswith("| ")]
     cells = [[cell.strip() for cell in row] for row in rows]
     assert cells[1:] == [["params.yaml", "models.model_0.lr", "0.1", "0.05"]]
-    assert (repo / "metrics/comparison.md").read_text().strip() in report
+    verdicts = {
+        line.split("|")[1].strip(): line.split("|")[5].strip()
+        for line in accuracy.splitlines()
+        if line.startswith("| model_")
+    }
+    assert verdicts == {"model_0": "dropped", "model_1": "ok", "model_2": "ok"}
 
     charts = [line for line in report.splitlines() if line.startswith("![")]
     assert len(charts) == 1 + len(MODELS)
     for line in charts:
         path = line.split("](")[1].rstrip(")")
         assert (repo / path).is_file(), path
+
+
+def test_the_gate_fails_a_drop_past_the_threshold_naming_the_model_and_the_drop(repo):
+    main = json.loads(git("show", "main:metrics/models/model_0.json", cwd=repo))["model_0"]
+    branch = json.loads((repo / "metrics/models/model_0.json").read_text())["model_0"]
+    drop = 100 * (main["accuracy"] - branch["accuracy"])
+    assert drop > 1.0  # the tiny branch's lower learning rate costs model_0 accuracy
+
+    failed = _report(repo, "--fail-on-regression", "--no-images")
+    assert failed.returncode == 1
+    (message,) = failed.stderr.strip().splitlines()
+    assert message.startswith(f"error: model_0 lost {drop:.2f} percentage points of test accuracy")
+    assert message.endswith("; gate.max_accuracy_drop allows at most 1")
+    assert "# Pipeline report" in failed.stdout  # the report is still written
+
+
+def test_the_gate_passes_a_drop_within_the_threshold(repo, tiny_data):
+    # The threshold is read through params.yaml, yet no stage declares it: nothing re-runs.
+    params = tiny_params(tiny_data, model_0={"lr": 0.05})
+    params["gate"]["max_accuracy_drop"] = 25.0
+    write_params(repo / "params.yaml", params)
+    try:
+        assert json.loads(dvc("status", "--json", cwd=repo)) == {}
+        passed = _report(repo, "--fail-on-regression", "--no-images")
+        assert passed.returncode == 0, passed.stderr
+        assert "| model_0 |" in passed.stdout and "| ok |" in passed.stdout
+    finally:
+        git("checkout", "params.yaml", cwd=repo)
 
 
 def test_report_against_its_own_commit_says_nothing_changed(repo):
@@ -102,12 +154,23 @@ def test_report_against_its_own_commit_says_nothing_changed(repo):
     assert "![" not in report
 
 
+def test_plots_diff_overlays_both_branches_in_charts_that_read_at_a_glance(repo):
+    shown = json.loads(dvc("plots", "diff", "main", "--json", cwd=repo))
+    assert not shown.get("errors")
+    charts = {name: entries for name, entries in shown["data"].items() if name.endswith(".csv")}
+    assert len(charts) == 4 * len(MODELS) + 4  # per model, 3 comparisons and class counts
+    for name, (entry,) in charts.items():
+        assert entry["revisions"] == ["workspace", "main"]
+        assert {row["rev"] for row in entry["content"]["data"]["values"]} == {"workspace", "main"}
+        assert problems(name, entry["content"]) == []
+
+
 def test_offline_plots_page_compares_the_branches(repo):
     run([sys.executable, "-m", "fmnist.render_plots", "main"], repo)
     page = (repo / "dvc_plots" / "index.html").read_text()
     assert "<h1>DVC plots: workspace, main</h1>" in page
-    # Each image once per revision; each chart (curves, confusion, comparison) draws both.
+    # Each image once per revision; each chart draws both.
     images = 2 * len(MODELS) + 2
     assert page.count("<figcaption>main</figcaption>") == images
     assert page.count("<figcaption>workspace</figcaption>") == images
-    assert page.count("<figcaption>workspace, main</figcaption>") == 2 * len(MODELS) + 1
+    assert page.count("<figcaption>workspace, main</figcaption>") == 4 * len(MODELS) + 5

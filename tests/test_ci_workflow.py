@@ -104,6 +104,12 @@ def test_the_report_is_for_pull_requests_against_their_base_branch():
     assert JOB.get("permissions", DOC.get("permissions"))["pull-requests"] == "write"
 
 
+def test_the_accuracy_gate_runs_last_on_pull_requests():
+    gate = STEPS[index_of(r"fmnist\.report .*--fail-on-regression")]
+    assert gate is STEPS[-1] and gate["if"] == PR_ONLY
+    assert STEPS.index(gate) > index_of(r"cml comment create")
+
+
 def test_make_targets_and_modules_it_calls_exist():
     makefile = (ROOT / "Makefile").read_text()
     targets = set(re.findall(r"^([a-z-]+):", makefile, flags=re.MULTILINE))

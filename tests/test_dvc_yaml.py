@@ -58,16 +58,35 @@ def test_outputs_match_the_library_paths():
     outs = set()
     for spec in STAGES.values():
         spec = spec.get("do", spec)
-        for key in ("outs", "metrics"):
+        for key in ("outs", "metrics", "plots"):
             for out in spec.get(key, []):
                 outs.add(next(iter(out)) if isinstance(out, dict) else out)
     key = "${key}"
     assert str(paths.RAW_DIR) in outs and str(paths.PREPARED_DIR) in outs
     assert str(paths.weights_path(key)) in outs
-    assert f"{paths.MODEL_METRICS_DIR}/{key}.json" in outs
-    assert f"{paths.TRAIN_METRICS_DIR}/{key}.json" in outs
-    assert f"{paths.CURVES_DIR}/{key}.csv" in outs
-    assert f"{paths.CONFUSION_DIR}/{key}.csv" in outs
+    for folder in (paths.MODEL_METRICS_DIR, paths.TRAIN_METRICS_DIR):
+        assert f"{folder}/{key}.json" in outs
+    for folder in (paths.CURVES_DIR, paths.STEPS_DIR, paths.CONFUSION_DIR, paths.PER_CLASS_DIR):
+        assert f"{folder}/{key}.csv" in outs
+    assert f"{paths.PREDICTIONS_DIR}/{key}.csv" in outs
+    assert str(paths.COMPARISON_CSV) in outs and str(paths.CLASS_COUNTS_CSV) in outs
+
+
+def test_every_stage_keeps_its_run_cache():
+    # DVC saves no run-cache for a stage with a plain `outs` entry that is not cached; metrics
+    # and plots are exempt, so a file kept in git must be declared as one of those.
+    for name, spec in STAGES.items():
+        spec = spec.get("do", spec)
+        for out in spec.get("outs", []):
+            props = next(iter(out.values())) if isinstance(out, dict) else {}
+            assert props.get("cache", True), f"{name}: {out} is a plain out kept out of the cache"
+
+
+def test_the_gate_threshold_is_read_by_no_stage():
+    # The report alone reads it: changing it must not re-run anything.
+    for spec in STAGES.values():
+        spec = spec.get("do", spec)
+        assert not any(str(key).startswith("gate") for key in spec.get("params", []))
 
 
 IMPORT_CHECK = """

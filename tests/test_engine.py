@@ -71,6 +71,10 @@ def test_train_one_epoch_reports_mean_loss_and_accuracy():
     expected = evaluate(model, x, y, batch_size=40)
     assert result["loss"] == pytest.approx(expected["loss"], rel=1e-5)
     assert result["accuracy"] == expected["accuracy"]
+    # One loss per step (batches of 16, 16 and 8), whose weighted mean is the epoch's loss.
+    steps = result["step_losses"]
+    assert len(steps) == 3
+    assert (16 * steps[0] + 16 * steps[1] + 8 * steps[2]) / 40 == pytest.approx(result["loss"])
 
 
 def test_evaluate_does_not_depend_on_batch_size():

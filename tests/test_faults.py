@@ -177,7 +177,7 @@ def project(tmp_path, prepared_tiny) -> Path:
 def outputs(project: Path) -> dict[str, bytes]:
     """Every file the train stage could write, with its bytes (temporary files aside)."""
     found = {}
-    for folder in ("models", "metrics", "plots/train"):
+    for folder in ("models", "metrics", "plots/train", "plots/steps"):
         for path in sorted((project / folder).rglob("*")):
             if path.is_file() and path not in temp_files(project):
                 found[str(path.relative_to(project))] = path.read_bytes()

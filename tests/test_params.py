@@ -49,6 +49,8 @@ def _mutate(raw: dict, path: str, value) -> dict:
         ("models.model_1.arch", "resnet", "models.model_1.arch: expected one of linear"),
         ("runtime.device", "tpu", "runtime.device: expected one of auto, cpu, cuda, mps"),
         ("eval.batch_size", 0, "eval.batch_size: expected an integer > 0"),
+        ("curves.loss_every", 0, "curves.loss_every: expected an integer > 0, got 0"),
+        ("gate.max_accuracy_drop", -1, "gate.max_accuracy_drop: expected a number >= 0, got -1"),
         ("data.sources", [], "data.sources: expected a non-empty list"),
         ("data.timeout_s", float("nan"), "data.timeout_s: expected a number > 0"),
         ("data.sha256.t10k-labels-idx1-ubyte", "abc", "data.sha256.t10k-labels-idx1-ubyte"),

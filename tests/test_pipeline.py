@@ -7,9 +7,10 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .conftest import tiny_params, write_params
-from .workflow_repo import FIRST_REPRO_LOG, committed_repo, copy_repo, dvc, ran_stages
+from .workflow_repo import FIRST_REPRO_LOG, committed_repo, copy_repo, dvc, git, ran_stages
 
 MODELS = ("model_0", "model_1", "model_2")
 
@@ -30,11 +31,11 @@ def test_repro_runs_every_stage_and_writes_every_output(repo):
 
     outputs = [
         "data/prepared/train.pt",
-        "metrics/data.json",
+        "plots/data/classes.csv",
         "plots/data/samples.png",
-        "metrics/comparison.csv",
-        "metrics/comparison.md",
-        "plots/comparison/accuracy.csv",
+        "plots/comparison/models.csv",
+        "plots/comparison/epochs.csv",
+        "plots/comparison/steps.csv",
         "plots/comparison/accuracy.png",
     ]
     for m in MODELS:
@@ -42,10 +43,12 @@ def test_repro_runs_every_stage_and_writes_every_output(repo):
             f"models/{m}.pth",
             f"models/{m}.json",
             f"plots/train/{m}.csv",
+            f"plots/steps/{m}.csv",
             f"metrics/train/{m}.json",
             f"metrics/models/{m}.json",
-            f"metrics/per_class/{m}.csv",
+            f"plots/per_class/{m}.csv",
             f"plots/confusion/{m}.csv",
+            f"data/predictions/{m}.csv",
             f"plots/images/{m}_confusion.png",
             f"plots/images/{m}_predictions.png",
         ]
@@ -53,40 +56,51 @@ def test_repro_runs_every_stage_and_writes_every_output(repo):
     assert missing == []
 
     metrics = json.loads((repo / "metrics/models/model_2.json").read_text())
-    assert metrics["model"] == "model_2" and metrics["device"] == "cpu"
-    assert set(metrics) == {
-        "model", "arch", "loss", "accuracy", "parameters", "device", "precision"
+    assert list(metrics) == ["model_2"]  # nested, so that DVC names columns `model_2.loss`
+    assert metrics["model_2"]["device"] == "cpu"
+    assert set(metrics["model_2"]) == {
+        "arch", "loss", "accuracy", "parameters", "device", "precision"
     }  # fmt: skip
     curves = (repo / "plots/train/model_0.csv").read_text().splitlines()
     assert curves[0] == "epoch,train_loss,train_accuracy,test_loss,test_accuracy"
     assert len(curves) == 3  # header + 2 epochs
     confusion = (repo / "plots/confusion/model_1.csv").read_text().splitlines()
-    assert confusion[0] == "actual,predicted" and len(confusion) == 61
+    assert confusion[0] == "actual,predicted,count,share" and len(confusion) == 1 + 10 * 10
+    predictions = (repo / "data/predictions/model_1.csv").read_text().splitlines()
+    assert predictions[0] == "actual,predicted" and len(predictions) == 61
+
+
+def test_every_stage_saved_its_run_cache_and_only_metrics_and_plots_are_in_git(repo):
+    # One entry per stage under .dvc/cache/runs/<2 hex>/<stage key>/.
+    stages = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    entries = list((repo / ".dvc" / "cache" / "runs").glob("*/*"))
+    assert len(stages) == 9 and len(entries) == len(stages)
+    tracked = set(git("ls-files", "models", "metrics", "plots", "data", cwd=repo).split())
+    assert "models/model_0.json" not in tracked and "models/model_0.pth" not in tracked
+    assert {"metrics/models/model_0.json", "plots/confusion/model_0.csv"} <= tracked
 
 
 def test_tiny_data_is_learnable(repo):
     # The tiny classes are easy: a working pipeline beats chance by far.
-    accuracy = json.loads((repo / "metrics/models/model_0.json").read_text())["accuracy"]
-    assert accuracy > 0.5
+    metrics = json.loads((repo / "metrics/models/model_0.json").read_text())
+    assert metrics["model_0"]["accuracy"] > 0.5
 
 
 def test_metrics_and_plots_commands_see_everything(repo):
     shown = json.loads(dvc("metrics", "show", "--json", cwd=repo))
     files = next(iter(shown.values()))["data"]
     for m in MODELS:
-        assert f"metrics/models/{m}.json" in files
-        assert files[f"metrics/models/{m}.json"]["data"]["model"] == m
+        assert set(files[f"metrics/models/{m}.json"]["data"]) == {m}
 
     plots = json.loads(dvc("plots", "show", "--json", cwd=repo))
     assert not plots.get("errors")
     names = set(plots["data"])
-    expected = {f"plots/train/{m}.csv" for m in MODELS}
-    expected |= {f"plots/confusion/{m}.csv" for m in MODELS}
+    expected = {f"plots/{kind}/{m}.csv" for m in MODELS for kind in ("train", "steps", "confusion")}
     expected |= {
         f"plots/images/{m}_{kind}.png" for m in MODELS for kind in ("confusion", "predictions")
     }
     expected |= {
-        "plots/comparison/accuracy.csv",
+        "plots/comparison/models.csv",
         "plots/comparison/accuracy.png",
         "plots/data/samples.png",
     }
@@ -103,6 +117,13 @@ def test_a_second_repro_runs_nothing(repo):
     output = dvc("repro", cwd=repo)
     assert ran_stages(output) == []
     assert "Data and pipelines are up to date" in output
+
+
+def test_changing_the_accuracy_gate_reruns_nothing(repo, tiny_data):
+    params = tiny_params(tiny_data)
+    params["gate"]["max_accuracy_drop"] = 5.0
+    write_params(repo / "params.yaml", params)
+    assert json.loads(dvc("status", "--json", cwd=repo)) == {}
 
 
 def test_changing_one_learning_rate_reruns_exactly_its_stages(repo, tiny_data):

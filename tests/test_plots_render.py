@@ -11,23 +11,30 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from fmnist import render_plots
 
 from .conftest import ROOT
+from .vega_specs import CLASSES, problems, render
 from .workflow_repo import MODELS, committed_repo, copy_repo, dvc, run
 
-CLASSES = {
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-}  # fmt: skip
-# DVC's colour for the first revision: the lines and bars of the workspace's data.
-REV_COLOUR = (0x94, 0x5D, 0xD6)
+CHARTS_PER_MODEL = ("train", "steps", "confusion", "per_class")
+TEST_LOSS = "Test loss by epoch, every model"  # a top-level chart of compare's curves
+
+# Vega's first colour: the bars of the first revision (the workspace).
+REV_COLOUR = (0x4C, 0x78, 0xA8)
+# The per-model chart's colours for training and test data.
+TRAIN_COLOUR, TEST_COLOUR = (0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)
 IMAGES = [f"plots/images/{m}_{kind}.png" for m in MODELS for kind in ("confusion", "predictions")]
 IMAGES += ["plots/comparison/accuracy.png", "plots/data/samples.png"]
+ARCHS = {"model_0": "linear", "model_1": "linear_relu", "model_2": "tinyvgg"}
+PER_MODEL = [f"plots/{kind}/{m}.csv" for m in MODELS for kind in CHARTS_PER_MODEL]
+COMPARISON = [f"plots/comparison/{name}.csv" for name in ("models", "epochs", "steps")]
+CHARTS = [*PER_MODEL, *COMPARISON, "plots/data/classes.csv", TEST_LOSS]
 
 
 @pytest.fixture(scope="module")
@@ -75,65 +82,95 @@ def pixels_near(image: Image.Image, colour: tuple[int, int, int], tolerance: int
     )
 
 
-def declared(repo: Path) -> set[str]:
-    """The files behind dvc.yaml's top-level plots, folders expanded."""
-    names = set()
-    for plot in yaml.safe_load((repo / "dvc.yaml").read_text())["plots"]:
-        path = next(iter(plot)) if isinstance(plot, dict) else plot
-        folder = repo / path
-        files = sorted(folder.iterdir()) if folder.is_dir() else [folder]
-        names |= {f.relative_to(repo).as_posix() for f in files}
-    return names
+def test_every_plot_is_shown_once_and_covered_here(plots):
+    assert set(plots) == {*CHARTS, *IMAGES}
+    assert all(len(entries) == 1 for entries in plots.values())
 
 
-def test_every_declared_plot_is_shown_and_covered_here(plots, repo):
-    covered = {f"plots/{kind}/{m}.csv" for m in MODELS for kind in ("train", "confusion")}
-    covered |= {"plots/comparison/accuracy.csv", *IMAGES}
-    assert set(plots) == declared(repo) == covered
+@pytest.mark.parametrize("name", CHARTS)
+def test_every_chart_reads_at_a_glance(plots, name):
+    # Titled in words, axes titled, loss and accuracy never on one axis, whole epochs, and
+    # confusion matrices in label order: see vega_specs.problems.
+    content = spec(plots, name)
+    assert problems(name, content) == []
+    assert_drawn(rgb(render_plots.render_png(content)))
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_training_curves_render(plots, repo, model):
+def test_per_model_charts_name_the_model_and_its_architecture(plots, model):
+    for kind in CHARTS_PER_MODEL:
+        title = spec(plots, f"plots/{kind}/{model}.csv")["title"]["text"]
+        assert title.startswith(f"{model} ({ARCHS[model]}): ")
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_loss_and_accuracy_by_epoch_are_separate_charts_with_train_and_test_coloured(
+    plots, repo, model
+):
     content = spec(plots, f"plots/train/{model}.csv")
-    rows = content["data"]["values"]
+    axes = render(content)
+    assert sorted((a.orient, a.title) for a in axes) == [
+        ("X", "epoch"), ("X", "epoch"), ("Y", "accuracy"), ("Y", "cross-entropy loss")
+    ]  # fmt: skip
     epochs = len((repo / f"plots/train/{model}.csv").read_text().splitlines()) - 1
-    fields = {"train_loss", "test_loss", "train_accuracy", "test_accuracy"}
-    assert {row["field"] for row in rows} == fields
-    assert len(rows) == len(fields) * epochs
-
+    assert all(a.labels == [str(e) for e in range(1, epochs + 1)] for a in axes if a.orient == "X")
     image = rgb(render_plots.render_png(content))
-    assert_drawn(image)
-    # Four curves in the revision's colour, not just its legend swatch.
-    assert pixels_near(image, REV_COLOUR) > 400
+    assert pixels_near(image, TRAIN_COLOUR) > 200 and pixels_near(image, TEST_COLOUR) > 200
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_confusion_matrices_render_with_class_names(plots, repo, model):
+def test_the_running_training_loss_is_finer_than_epochs(plots, repo, model):
+    rows = spec(plots, f"plots/steps/{model}.csv")["data"]["values"]
+    epochs = len((repo / f"plots/train/{model}.csv").read_text().splitlines()) - 1
+    assert len(rows) > 2 * epochs
+    assert [float(r["epoch"]) for r in rows] == sorted(float(r["epoch"]) for r in rows)
+    (y_axis,) = [a for a in render(spec(plots, f"plots/steps/{model}.csv")) if a.orient == "Y"]
+    assert y_axis.title == "training loss (cross-entropy)"
+
+
+@pytest.mark.parametrize("name", ["plots/comparison/epochs.csv", TEST_LOSS])
+def test_one_chart_per_metric_overlays_every_model(plots, name):
+    content = spec(plots, name)
+    models = {row["model"] for row in content["data"]["values"]}
+    assert models == {f"{m} ({ARCHS[m]})" for m in MODELS}
+    assert content["encoding"]["color"]["field"] == "model"
+    (y_axis,) = [a for a in render(content) if a.orient == "Y"]
+    assert y_axis.title in ("test accuracy", "test loss (cross-entropy)")
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_confusion_axes_follow_label_order_as_in_the_png(plots, repo, model):
+    from fmnist.compare import load_classes
+    from fmnist.plots import confusion_figure
+
     content = spec(plots, f"plots/confusion/{model}.csv")
-    rows = content["data"]["values"]
-    n_test = len((repo / f"plots/confusion/{model}.csv").read_text().splitlines()) - 1
-    assert len(rows) == n_test
-    assert {row["actual"] for row in rows} == CLASSES  # every tiny test class appears
-    assert {row["predicted"] for row in rows} <= CLASSES
-    encoding = content["spec"]["encoding"]
-    assert (encoding["x"]["field"], encoding["y"]["field"]) == ("actual", "predicted")
+    axes = render(content)
+    # Counts and shares of each true class, side by side; true classes down, predictions across.
+    assert sorted(a.title for a in axes if a.labels) == ["actual", "actual"] + ["predicted"] * 2
+    for axis in axes:
+        if axis.labels:
+            assert axis.labels == CLASSES  # T-shirt/top first (left or top), Ankle boot last
+    classes = load_classes(repo / "data/prepared/classes.json")  # what compare draws with
+    fig, ax = confusion_figure(np.eye(len(classes), dtype=int), classes, model)
+    png_columns = [t.get_text() for t in ax.get_xticklabels()]
+    png_rows = [t.get_text() for t in ax.get_yticklabels()]
+    plt.close(fig)
+    assert png_columns == png_rows == CLASSES
+    shares = [float(r["share"]) for r in content["data"]["values"]]
+    assert all(0 <= share <= 1 for share in shares)
 
-    image = rgb(render_plots.render_png(content))
-    assert_drawn(image)
-    # The heat map's cells (coloured, unlike axes and text) fill at least half its 300x300 area.
-    colours = image.getcolors(maxcolors=image.width * image.height)
-    assert sum(count for count, pixel in colours if max(pixel) - min(pixel) > 40) > 45_000
 
-
-def test_accuracy_comparison_is_a_horizontal_bar_chart(plots, repo):
-    content = spec(plots, "plots/comparison/accuracy.csv")
+def test_accuracy_comparison_is_a_horizontal_bar_chart_in_model_order(plots, repo):
+    content = spec(plots, "plots/comparison/models.csv")
     assert content["title"]["text"] == "Test accuracy by model"
     assert content["mark"]["type"] == "bar"
     assert content["encoding"]["y"]["field"] == "model"
     accuracy = {row["model"]: float(row["accuracy"]) for row in content["data"]["values"]}
     for model in MODELS:
-        metrics = json.loads((repo / f"metrics/models/{model}.json").read_text())
+        metrics = json.loads((repo / f"metrics/models/{model}.json").read_text())[model]
         assert accuracy[model] == pytest.approx(metrics["accuracy"], abs=1e-6)
+    (y_axis,) = [a for a in render(content) if a.orient == "Y"]
+    assert y_axis.labels == list(MODELS)
 
     image = rgb(render_plots.render_png(content))
     assert_drawn(image)
@@ -174,6 +211,17 @@ def test_offline_page_embeds_every_plot_and_loads_nothing(repo, plots):
         assert len(list(root.iter())) > 20  # axes, marks and labels, not an empty canvas
     for png in pngs:
         assert_drawn(rgb(png))
+
+
+def test_each_chart_can_be_written_as_a_png_named_after_it(plots, tmp_path):
+    source = tmp_path / "plots.json"
+    source.write_text(json.dumps({"data": plots}))
+    out = ["--out", str(tmp_path / "page"), "--png", str(tmp_path / "png")]
+    render_plots.main(["--json", str(source), *out])
+    names = {path.name for path in (tmp_path / "png").iterdir()}
+    assert "train_model_2.png" in names and "test_loss_by_epoch_every_model.png" in names
+    assert len(names) == len(CHARTS)
+    assert_drawn(rgb((tmp_path / "png" / "confusion_model_0.png").read_bytes()))
 
 
 def test_offline_page_without_vl_convert_says_how_to_install(tmp_path, monkeypatch, capsys, plots):

@@ -29,9 +29,11 @@ def test_prepare_writes_tensors_and_counts(prepared):
     assert train.labels.dtype == torch.int64
     classes = load_classes(prepared / "data/prepared")
     assert classes[0] == "T-shirt/top" and classes[9] == "Ankle boot"
-    counts = json.loads((prepared / "metrics/data.json").read_text())
-    assert counts["train"]["total"] == N_TRAIN and counts["test"]["total"] == N_TEST
-    assert sum(counts["test"][c] for c in classes) == N_TEST
+    counts = (prepared / "plots/data/classes.csv").read_text().splitlines()
+    assert counts[0] == "class,train,test"
+    assert [row.split(",")[0] for row in counts[1:]] == classes  # label order
+    assert sum(int(row.split(",")[1]) for row in counts[1:]) == N_TRAIN
+    assert sum(int(row.split(",")[2]) for row in counts[1:]) == N_TEST
 
 
 def test_raw_files_read_as_torchvision_reads_them(prepared):
@@ -66,25 +68,40 @@ def test_train_evaluate_compare(prepared):
     assert sidecar["arch"] == "linear" and sidecar["hyperparameters"]["epochs"] == 2
     assert "seconds" not in json.dumps(sidecar)  # timings live in metrics/train only
     timing = json.loads((prepared / "metrics/train/model_0.json").read_text())
-    assert timing["train_seconds"] > 0
+    assert timing["model_0"]["train_seconds"] > 0
+    # The running training loss: 15 steps per epoch on the tiny data, a point every 5.
+    steps = (prepared / "plots/steps/model_0.csv").read_text().splitlines()
+    assert steps[0] == "model,step,epoch,loss"
+    assert [row.split(",")[:3] for row in steps[1:]] == [
+        ["model_0 (linear)", str(step), f"{step / 15:.4f}"] for step in range(5, 31, 5)
+    ]
 
+    curves = (prepared / "plots/train/model_0.csv").read_text().splitlines()
     load_stage("evaluate").main(["--model", "model_0"])
-    metrics = json.loads((prepared / "metrics/models/model_0.json").read_text())
+    (metrics,) = json.loads((prepared / "metrics/models/model_0.json").read_text()).values()
     assert metrics["accuracy"] == pytest.approx(sidecar["final"]["test_accuracy"])
     assert "train_seconds" not in metrics  # timing only in metrics/train
     assert metrics["parameters"] == 784 * 8 + 8 + 8 * 10 + 10
-    per_class = (prepared / "metrics/per_class/model_0.csv").read_text().splitlines()
+    per_class = (prepared / "plots/per_class/model_0.csv").read_text().splitlines()
     assert per_class[0] == "class,precision,recall,support" and len(per_class) == 11
+    # Every cell of the confusion matrix, in label order, each row's shares summing to 1.
+    cells = (prepared / "plots/confusion/model_0.csv").read_text().splitlines()
+    assert cells[0] == "actual,predicted,count,share" and len(cells) == 101
+    assert cells[1].startswith("T-shirt/top,T-shirt/top,") and cells[-1].startswith("Ankle boot,A")
+    assert sum(int(row.split(",")[2]) for row in cells[1:]) == N_TEST
+    pairs = (prepared / "data/predictions/model_0.csv").read_text().splitlines()
+    assert pairs[0] == "actual,predicted" and len(pairs) == N_TEST + 1
 
     params = tiny_params_with_only(prepared, "model_0")
     write_params(prepared / "params.yaml", params)
     load_stage("compare").main([])
-    table = (prepared / "metrics/comparison.csv").read_text().splitlines()
+    table = (prepared / "plots/comparison/models.csv").read_text().splitlines()
     assert table[0] == "model,arch,loss,accuracy,train_seconds,parameters,device,precision"
-    assert table[1].startswith("model_0,linear,")
-    assert "| model_0 | linear |" in (prepared / "metrics/comparison.md").read_text()
-    bars = (prepared / "plots/comparison/accuracy.csv").read_text().splitlines()
-    assert bars[0] == "model,accuracy" and bars[1].startswith("model_0,")
+    assert table[1].startswith("model_0,linear,") and len(table) == 2
+    epochs = (prepared / "plots/comparison/epochs.csv").read_text().splitlines()
+    assert epochs[0] == "model,epoch,train_loss,train_accuracy,test_loss,test_accuracy"
+    assert epochs[1:] == [f"model_0 (linear),{row}" for row in curves[1:]]
+    assert (prepared / "plots/comparison/steps.csv").read_text().splitlines() == steps
     for png in ("model_0_confusion", "model_0_predictions", "accuracy", "samples"):
         folder = {"accuracy": "comparison", "samples": "data"}.get(png, "images")
         assert (prepared / "plots" / folder / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
@@ -161,14 +178,14 @@ def test_compare_reads_everything_before_writing_anything(prepared, capsys):
     for model in ("model_0", "model_1", "model_2"):
         load_stage("train").main(["--model", model])
         load_stage("evaluate").main(["--model", model])
-    pairs = prepared / "plots/confusion/model_1.csv"
+    pairs = prepared / "data/predictions/model_1.csv"
     rows = pairs.read_text().splitlines()
     rows[1] = rows[1].split(",")[0] + ",Trousers"  # a name that is not a class
     pairs.write_text("\n".join(rows) + "\n")
     with pytest.raises(SystemExit):
         load_stage("compare").main([])
     assert "predicted class 'Trousers' is not a dataset class" in capsys.readouterr().err
-    assert not (prepared / "metrics/comparison.csv").exists()
+    assert not (prepared / "plots/comparison").exists()
     assert not (prepared / "plots/images").exists()
 
 

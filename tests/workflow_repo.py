@@ -66,10 +66,10 @@ def committed_repo(factory: pytest.TempPathFactory, tiny: TinyData) -> Path:
         git("init", "-q", "-b", "main", cwd=root)
         git("config", "user.email", "test@example.com", cwd=root)
         git("config", "user.name", "test", cwd=root)
-        copy_project(root)
-        write_params(root / "params.yaml", tiny_params(tiny))
         dvc("init", "-q", cwd=root)
         dvc("config", "core.analytics", "false", cwd=root)
+        copy_project(root)
+        write_params(root / "params.yaml", tiny_params(tiny))
         # Kept where git does not see it, for the tests of what that first run did.
         (root / ".git" / FIRST_REPRO_LOG).write_text(dvc("repro", cwd=root))
         git("add", "-A", cwd=root)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fmnist.atomic import atomic_open, write_text
+from fmnist.atomic import atomic_open
 from fmnist.errors import PipelineError
 
 COLUMNS = (
@@ -37,9 +37,9 @@ def load_metrics(
     """Join each named model's test metrics and training time into one table, in order."""
     rows = []
     for name in names:
-        row = _read_json(Path(metrics_dir) / f"{name}.json", f"evaluate@{name}")
-        timing = _read_json(Path(train_dir) / f"{name}.json", f"train@{name}")
-        rows.append({**row, "train_seconds": timing["train_seconds"]})
+        row = _read_json(Path(metrics_dir) / f"{name}.json", f"evaluate@{name}")[name]
+        timing = _read_json(Path(train_dir) / f"{name}.json", f"train@{name}")[name]
+        rows.append({**row, "model": name, "train_seconds": timing["train_seconds"]})
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
@@ -58,16 +58,31 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """Write a table as CSV atomically, with stable float formatting."""
     with atomic_open(path) as handle:
         frame.to_csv(handle, index=False, float_format="%.6g", lineterminator="\n")
 
 
-def write_comparison(table: pd.DataFrame, csv_path: Path, md_path: Path, plot_data: Path) -> None:
-    """Write the table as CSV and Markdown, and (model, accuracy) rows for DVC's bar plot."""
-    _write_csv(table, csv_path)
-    write_text(md_path, to_markdown(table))
-    _write_csv(table[["model", "accuracy"]], plot_data)
+def read_csv(path: Path, stage: str) -> pd.DataFrame:
+    """Read a CSV another stage wrote, every value as text (written back as it was)."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: missing; run `dvc repro {stage}`") from None
+
+
+def join_curves(
+    epochs_dir: Path, steps_dir: Path, labels: dict[str, str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every model's per-epoch and per-step curves in two tables, rows labelled by model."""
+    epochs, steps = [], []
+    for name, label in labels.items():
+        frame = read_csv(epochs_dir / f"{name}.csv", f"train@{name}")
+        frame.insert(0, "model", label)
+        epochs.append(frame)
+        steps.append(read_csv(steps_dir / f"{name}.csv", f"train@{name}"))
+    return pd.concat(epochs, ignore_index=True), pd.concat(steps, ignore_index=True)
 
 
 def load_classes(path: str | Path) -> list[str]:

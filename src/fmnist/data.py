@@ -109,6 +109,15 @@ def class_counts(split: Split, classes: list[str]) -> dict[str, int]:
     return dict(zip(classes, counts, strict=True))
 
 
+def write_class_counts(splits: dict[str, Split], classes: list[str], path: str | Path) -> None:
+    """Write the images per class of each split as CSV, in label order, for a bar chart."""
+    counts = {name: class_counts(split, classes) for name, split in splits.items()}
+    with atomic_open(path) as handle:
+        handle.write(",".join(["class", *counts]) + "\n")
+        for name in classes:
+            handle.write(",".join([name, *(str(c[name]) for c in counts.values())]) + "\n")
+
+
 def to_model_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Scale uint8 (N, H, W) images to float (N, 1, H, W) in [0, 1], as ToTensor() does."""
     return images.to(device).unsqueeze(1).float().div_(255)

@@ -99,20 +99,22 @@ def metrics_record(
 ) -> dict[str, object]:
     """The per-model metrics file: stable keys that `dvc metrics show/diff` compare."""
     # No timing here: the same weights give the same bytes, so DVC sees no change after a
-    # re-run that reproduced them. Training time lives in metrics/train/<model>.json.
+    # re-run that reproduced them. Training time lives in metrics/train/<model>.json. Nested
+    # under the model's name, so that DVC names its columns `model_2.accuracy`, not by file.
     return {
-        "model": name,
-        "arch": meta["arch"],
-        "loss": round(evaluation.loss, 6),
-        "accuracy": round(evaluation.accuracy, 6),
-        "parameters": parameters,
-        "device": device.type,
-        "precision": meta["hyperparameters"]["precision"],
+        name: {
+            "arch": meta["arch"],
+            "loss": round(evaluation.loss, 6),
+            "accuracy": round(evaluation.accuracy, 6),
+            "parameters": parameters,
+            "device": device.type,
+            "precision": meta["hyperparameters"]["precision"],
+        }
     }
 
 
 def write_per_class(evaluation: Evaluation, classes: list[str], path: str | Path) -> None:
-    """Write precision, recall and support per class as CSV."""
+    """Write precision, recall and support per class as CSV, in label order."""
     support = evaluation.confusion.sum(dim=1).tolist()
     with atomic_open(path) as handle:
         handle.write("class,precision,recall,support\n")
@@ -122,10 +124,23 @@ def write_per_class(evaluation: Evaluation, classes: list[str], path: str | Path
             )
 
 
-def write_confusion_pairs(
+def write_confusion(evaluation: Evaluation, classes: list[str], path: str | Path) -> None:
+    """Write every (actual, predicted) cell in label order: its count and share of the row."""
+    # All cells, zeros included, in label order: the chart's axes follow the data's order.
+    rows = evaluation.confusion.tolist()
+    with atomic_open(path) as handle:
+        handle.write("actual,predicted,count,share\n")
+        for i, actual in enumerate(classes):
+            total = sum(rows[i])
+            for j, predicted in enumerate(classes):
+                share = rows[i][j] / total if total else 0.0
+                handle.write(f"{actual},{predicted},{rows[i][j]},{share:.4f}\n")
+
+
+def write_predictions(
     evaluation: Evaluation, labels: torch.Tensor, classes: list[str], path: str | Path
 ) -> None:
-    """Write one `actual,predicted` row of class names per test image, for DVC's confusion plot."""
+    """Write one `actual,predicted` row of class names per test image, for compare's figures."""
     with atomic_open(path) as handle:
         handle.write("actual,predicted\n")
         for truth, pred in zip(labels.tolist(), evaluation.predictions.tolist(), strict=True):

@@ -83,6 +83,20 @@ class EvalParams:
 
 
 @dataclass(frozen=True)
+class CurvesParams:
+    """How finely training records its loss for the charts."""
+
+    loss_every: int  # training steps per point of the running training loss
+
+
+@dataclass(frozen=True)
+class GateParams:
+    """When the pull-request report fails: read by `fmnist.report` only, never by a stage."""
+
+    max_accuracy_drop: float  # percentage points of test accuracy a model may lose
+
+
+@dataclass(frozen=True)
 class ModelParams:
     """One model: its architecture and its own training hyperparameters."""
 
@@ -94,6 +108,11 @@ class ModelParams:
     batch_size: int
     precision: str
 
+    @property
+    def label(self) -> str:
+        """The model as charts and legends name it: its name and architecture."""
+        return f"{self.name} ({self.arch})"
+
 
 @dataclass(frozen=True)
 class Params:
@@ -102,6 +121,8 @@ class Params:
     runtime: RuntimeParams
     data: DataParams
     eval: EvalParams
+    curves: CurvesParams
+    gate: GateParams
     models: Mapping[str, ModelParams]
 
     def model(self, name: str) -> ModelParams:
@@ -138,6 +159,13 @@ def _positive_float(value: Any, path: str) -> float:
     ok = isinstance(value, int | float) and not isinstance(value, bool)
     if not ok or not math.isfinite(value) or value <= 0:
         raise ParamsError(f"{path}: expected a number > 0, got {value!r}")
+    return float(value)
+
+
+def _non_negative_float(value: Any, path: str) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value < 0:
+        raise ParamsError(f"{path}: expected a number >= 0, got {value!r}")
     return float(value)
 
 
@@ -209,7 +237,18 @@ _MODEL_CHECKS: Mapping[str, Check] = {
 
 def parse_params(raw: Any) -> Params:
     """Validate a params mapping, naming the exact key path of the first problem."""
-    top = _section(raw, "", {"runtime": _keep, "data": _keep, "eval": _keep, "models": _keep})
+    top = _section(
+        raw,
+        "",
+        {
+            "runtime": _keep,
+            "data": _keep,
+            "eval": _keep,
+            "curves": _keep,
+            "gate": _keep,
+            "models": _keep,
+        },
+    )
     runtime = RuntimeParams(
         **_section(
             top["runtime"],
@@ -229,6 +268,8 @@ def parse_params(raw: Any) -> Params:
         )
     )
     eval_params = EvalParams(**_section(top["eval"], "eval", {"batch_size": _positive_int}))
+    curves = CurvesParams(**_section(top["curves"], "curves", {"loss_every": _positive_int}))
+    gate = GateParams(**_section(top["gate"], "gate", {"max_accuracy_drop": _non_negative_float}))
     models_raw = top["models"]
     if not isinstance(models_raw, dict) or not models_raw:
         raise ParamsError(
@@ -239,7 +280,14 @@ def parse_params(raw: Any) -> Params:
         if not isinstance(name, str) or not name.isidentifier():
             raise ParamsError(f"models.{name}: a model name must be a plain identifier")
         models[name] = ModelParams(name=name, **_section(section, f"models.{name}", _MODEL_CHECKS))
-    return Params(runtime=runtime, data=data, eval=eval_params, models=MappingProxyType(models))
+    return Params(
+        runtime=runtime,
+        data=data,
+        eval=eval_params,
+        curves=curves,
+        gate=gate,
+        models=MappingProxyType(models),
+    )
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

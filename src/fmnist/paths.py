@@ -10,13 +10,17 @@ MODELS_DIR = Path("models")
 METRICS_DIR = Path("metrics")
 MODEL_METRICS_DIR = METRICS_DIR / "models"
 TRAIN_METRICS_DIR = METRICS_DIR / "train"
-PER_CLASS_DIR = METRICS_DIR / "per_class"
+PREDICTIONS_DIR = DATA_ROOT / "predictions"  # each test image's class and prediction, by model
 PLOTS_DIR = Path("plots")
-CURVES_DIR = PLOTS_DIR / "train"
+CURVES_DIR = PLOTS_DIR / "train"  # per epoch
+STEPS_DIR = PLOTS_DIR / "steps"  # the running training loss
 CONFUSION_DIR = PLOTS_DIR / "confusion"
+PER_CLASS_DIR = PLOTS_DIR / "per_class"
 IMAGES_DIR = PLOTS_DIR / "images"
 COMPARISON_DIR = PLOTS_DIR / "comparison"
+COMPARISON_CSV = COMPARISON_DIR / "models.csv"  # one row per model: the table and the bar chart
 SAMPLES_PNG = PLOTS_DIR / "data" / "samples.png"
+CLASS_COUNTS_CSV = PLOTS_DIR / "data" / "classes.csv"
 
 
 def weights_path(model: str) -> Path:

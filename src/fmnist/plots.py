@@ -89,12 +89,20 @@ def prediction_grid(
     image_grid(images[chosen], titles, path, rows, cols, colors)
 
 
-def confusion_png(matrix: np.ndarray, classes: Sequence[str], path: str | Path, title: str) -> None:
-    """Draw a confusion matrix with mlxtend, as the lesson does."""
+def confusion_figure(
+    matrix: np.ndarray, classes: Sequence[str], title: str
+) -> tuple[plt.Figure, plt.Axes]:
+    """Draw a confusion matrix with mlxtend, as the lesson does: true classes in rows."""
     from mlxtend.plotting import plot_confusion_matrix
 
     fig, ax = plot_confusion_matrix(conf_mat=matrix, class_names=list(classes), figsize=(10, 7))
     ax.set_title(title)
+    return fig, ax
+
+
+def confusion_png(matrix: np.ndarray, classes: Sequence[str], path: str | Path, title: str) -> None:
+    """Save `confusion_figure` as PNG."""
+    fig, _ = confusion_figure(matrix, classes, title)
     save_figure(fig, path)
 
 

@@ -6,6 +6,7 @@ SVG with vl-convert, and embeds the SVGs and DVC's PNG plots in a single self-co
 
     python -m fmnist.render_plots              # the workspace, into dvc_plots/index.html
     python -m fmnist.render_plots main         # workspace against main, like `dvc plots diff`
+    python -m fmnist.render_plots --png docs/charts   # also each chart as a PNG, for a README
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from fmnist.atomic import write_text
+from fmnist.atomic import atomic_open, write_text
 from fmnist.cli import entry_point, run_dvc
 from fmnist.errors import PipelineError
 
@@ -131,6 +132,24 @@ def render_page(plots: dict[str, Any]) -> str:
     )
 
 
+def png_name(name: str) -> str:
+    """A file name for a chart's PNG, from its plot id (a path or a title)."""
+    stem = name.removeprefix("plots/").rsplit(".", 1)[0] if "/" in name else name
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_").lower() + ".png"
+
+
+def write_pngs(plots: dict[str, Any], out_dir: Path, scale: float = 2.0) -> list[Path]:
+    """Render every chart of `plots` (the first revision's entry) to a PNG in `out_dir`."""
+    written = []
+    for name, entries in plots.get("data", {}).items():
+        if entries and entries[0]["type"] == "vega":
+            path = Path(out_dir) / png_name(name)
+            with atomic_open(path, "wb") as handle:
+                handle.write(render_png(entries[0]["content"], scale=scale))
+            written.append(path)
+    return written
+
+
 def write_page(plots: dict[str, Any], out_dir: Path) -> Path:
     """Render `plots` and write the page into `out_dir`; return its path."""
     page = Path(out_dir) / PAGE
@@ -147,10 +166,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--json", type=Path, help="read this `dvc plots show --json` output instead of running DVC"
     )
+    parser.add_argument("--png", type=Path, help="also write each chart as a PNG in this folder")
     args = parser.parse_args(argv)
     vl_convert()  # fail before running DVC when the renderer is missing
     plots = json.loads(args.json.read_text()) if args.json else plots_json(args.revisions, args.out)
     print(write_page(plots, args.out))
+    if args.png:
+        for path in write_pngs(plots, args.png):
+            print(path)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from fmnist.params import ModelParams
 from fmnist.runtime import cpu_threads, place_model, seed_everything
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
+STEP_FIELDS = ("model", "step", "epoch", "loss")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class TrainingResult:
 
     model: nn.Module
     history: list[dict[str, float]]
+    steps: list[dict[str, float]]  # the running training loss, every `loss_every` steps
     seconds: float
     device: torch.device
     threads: int  # torch's CPU threads during training
@@ -42,6 +44,7 @@ def train_model(
     eval_batch_size: int,
     precision: str = "fp32",
     threads: int = 0,
+    loss_every: int = 50,
     progress: Callable[[int, int], Progress] | None = None,
 ) -> TrainingResult:
     """Train `hp`'s model with SGD, scoring the test set after each epoch; NaN loss is an error."""
@@ -51,6 +54,8 @@ def train_model(
     optimizer = SGD(model.parameters(), lr=hp.lr)
     generator = torch.Generator().manual_seed(seed)
     history = []
+    step_losses: list[float] = []
+    step_sizes: list[int] = []
     with cpu_threads(threads, model) as used_threads:
         start = time.perf_counter()
         x_train, y_train = to_model_input(train.images, device), train.labels.to(device)
@@ -68,6 +73,8 @@ def train_model(
             finally:
                 if bar is not None:
                     bar.close()
+            step_losses += fit["step_losses"]
+            step_sizes += [len(index) for index in batches]
             scores = evaluate(model, x_test, y_test, eval_batch_size, precision)
             history.append(
                 {
@@ -79,9 +86,33 @@ def train_model(
                 }
             )
     seconds = time.perf_counter() - start
+    steps_per_epoch = len(step_losses) // hp.epochs
     return TrainingResult(
-        model=model, history=history, seconds=seconds, device=device, threads=used_threads
+        model=model,
+        history=history,
+        steps=running_loss(step_losses, step_sizes, loss_every, steps_per_epoch),
+        seconds=seconds,
+        device=device,
+        threads=used_threads,
     )
+
+
+def running_loss(
+    losses: list[float], sizes: list[int], every: int, steps_per_epoch: int
+) -> list[dict[str, float]]:
+    """Mean training loss over each run of `every` steps (weighted by batch size), by step."""
+    points = []
+    for end in range(every, len(losses) + 1, every):
+        window = range(end - every, end)
+        total = sum(losses[i] * sizes[i] for i in window)
+        points.append(
+            {
+                "step": end,
+                "epoch": end / steps_per_epoch,
+                "loss": total / sum(sizes[i] for i in window),
+            }
+        )
+    return points
 
 
 def checkpoint_metadata(
@@ -122,9 +153,17 @@ def checkpoint_metadata(
 
 
 def write_history(history: list[dict[str, float]], path: str | Path) -> None:
-    """Write per-epoch metrics as CSV for DVC's linear plots."""
+    """Write per-epoch metrics as CSV, one row per epoch, for the per-model chart."""
     with atomic_open(path, "w") as handle:
         handle.write(",".join(HISTORY_FIELDS) + "\n")
         for row in history:
             values = [str(int(row["epoch"]))] + [f"{row[k]:.6f}" for k in HISTORY_FIELDS[1:]]
             handle.write(",".join(values) + "\n")
+
+
+def write_steps(steps: list[dict[str, float]], label: str, path: str | Path) -> None:
+    """Write the running training loss as CSV, each row labelled with the model (for legends)."""
+    with atomic_open(path, "w") as handle:
+        handle.write(",".join(STEP_FIELDS) + "\n")
+        for row in steps:
+            handle.write(f"{label},{int(row['step'])},{row['epoch']:.4f},{row['loss']:.6f}\n")
