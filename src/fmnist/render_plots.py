@@ -34,7 +34,7 @@ body { font-family: sans-serif; margin: 2em; color: #222; }
 section { display: inline-block; vertical-align: top; margin: 0 2em 2em 0; }
 h2 { font-size: 1em; font-family: monospace; }
 figure { display: inline-block; margin: 0 1em 1em 0; }
-figure img { max-width: 600px; }
+figure img { max-width: 100%; }
 figcaption { text-align: center; font-family: monospace; }
 .errors { color: #b00; }
 """
