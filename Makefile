@@ -39,8 +39,8 @@ data-package: ## Install Debian's dataset-fashion-mnist when possible (root, apt
 		echo "No dataset-fashion-mnist package here: the download stage will try params.yaml's other sources"; \
 	fi
 
-repro: setup data-package ## Run the whole DVC pipeline (only what changed re-runs)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+repro: setup data-package ## Run the whole DVC pipeline (only what changed re-runs; REPRO_FLAGS=--pull)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro $(REPRO_FLAGS)
 
 plots: setup ## Render the plots into dvc_plots/index.html for offline viewing (REVS=main compares)
 	$(BIN)/python -m fmnist.render_plots $(REVS)
@@ -68,8 +68,8 @@ storage-stop: setup ## Stop the local S3 store (its data stays in .storage/)
 remote-check: setup ## Check that the default DVC remote answers to its credentials
 	$(BIN)/python -m fmnist.remote check
 
-push: remote-check ## Push outputs and run-cache to the default remote
-	$(BIN)/dvc push --run-cache
+push: setup ## Push outputs and run-cache (with what restoring each run needs) to the default remote
+	$(BIN)/python -m fmnist.remote push
 
 pull: remote-check ## Pull outputs and run-cache from the default remote
 	$(BIN)/dvc pull --run-cache

@@ -61,7 +61,7 @@ def test_steps_install_lint_test_check_the_lock_pull_run_push_then_report():
         index_of(r"dvc remote add --local --default"),
         index_of(r"dvc pull --run-cache"),
         index_of(r"\bmake repro\b"),
-        index_of(r"dvc push --run-cache"),
+        index_of(r"python -m fmnist\.remote push"),
         index_of(r"python -m fmnist\.report .*--out report\.md"),
         index_of(r"cml comment create report\.md"),
     ]
@@ -76,7 +76,7 @@ def test_the_remote_comes_from_secrets_and_is_used_only_when_they_name_one():
     assert JOB["env"]["DVC_REMOTE_URL"] == "${{ secrets.DVC_REMOTE_URL }}"
     configure = STEPS[index_of(r"dvc remote add")]
     pull = STEPS[index_of(r"dvc pull")]
-    push = STEPS[index_of(r"dvc push")]
+    push = STEPS[index_of(r"fmnist\.remote push")]
     for step in (configure, pull, push):
         assert step["if"].startswith(REMOTE_SET)
         # Credentials reach DVC through the environment, never through a committed file.
@@ -89,6 +89,7 @@ def test_the_remote_comes_from_secrets_and_is_used_only_when_they_name_one():
     assert "github.event_name == 'push'" in push["if"]
     repro = STEPS[index_of(r"\bmake repro\b")]
     assert "if" not in repro  # with or without a remote
+    assert '"${DVC_REMOTE_URL:+--pull}"' in repro["run"]
 
 
 def test_the_report_is_for_pull_requests_against_their_base_branch():

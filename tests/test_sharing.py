@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from .conftest import make_split, tiny_params, write_params
@@ -24,6 +25,12 @@ BRANCH = "faster-model-0"
 def dvc_with(server: Server, *args: str, cwd: Path) -> str:
     """Run DVC with the store's credentials in the environment, as CI and users pass them."""
     return dvc(*args, cwd=cwd, env=server.credentials)
+
+
+def push(server: Server, cwd: Path) -> str:
+    """`python -m fmnist.remote push`: dvc push --run-cache, plus what restoring a run needs."""
+    command = [str(BIN / "python"), "-m", "fmnist.remote", "push"]
+    return run(command, cwd, server.credentials)
 
 
 def status(cwd: Path) -> dict:
@@ -50,7 +57,7 @@ def clone_a(tmp_path_factory, tiny_data, server) -> Path:
     dvc("remote", "modify", REMOTE, "verify", "true", cwd=root)
     git("add", ".dvc/config", cwd=root)
     git("commit", "-q", "-m", "Share results through the team's S3 remote", cwd=root)
-    (root / ".git" / "push.log").write_text(dvc_with(server, "push", "--run-cache", cwd=root))
+    (root / ".git" / "push.log").write_text(push(server, root))
     return root
 
 
@@ -71,16 +78,20 @@ def test_the_committed_config_names_the_remote_but_holds_no_credentials(clone_a,
     assert server.store.access_key not in config and server.store.secret_key not in config
 
 
-def test_a_push_sends_outputs_and_run_cache(clone_a, server):
-    keys = server.object_keys()
-    assert any(key.startswith("dvc/files/md5/") for key in keys)
+def test_a_push_sends_outputs_run_cache_and_every_object_a_restore_needs(clone_a, server):
+    keys = set(server.object_keys())
     assert any(key.startswith("dvc/runs/") for key in keys), "no run-cache entry was pushed"
-    # Every model's weights are there, by the hash that dvc.lock records.
-    lock = (clone_a / "dvc.lock").read_text()
-    for m in MODELS:
-        stage = json.loads(dvc("status", "--json", f"train@{m}", cwd=clone_a))
-        assert stage == {}
-    assert "models/model_2.pth" in lock
+    entries = list((clone_a / ".dvc" / "cache" / "runs").glob("*/*/*"))
+    assert len(entries) == 9  # one per stage
+    # Metrics and plots committed to git (cache: false) too: without them no run restores.
+    outs = [out for entry in entries for out in yaml.safe_load(entry.read_text())["outs"]]
+    recorded = {out["md5"] for out in outs}
+    for out in outs:
+        if out["md5"].endswith(".dir"):  # a folder: its files are objects of their own
+            listing = clone_a / ".dvc/cache/files/md5" / out["md5"][:2] / out["md5"][2:]
+            recorded |= {item["md5"] for item in json.loads(listing.read_text())}
+    on_server = {key.removeprefix("dvc/files/md5/").replace("/", "", 1) for key in keys}
+    assert recorded - on_server == set()
 
 
 def test_a_fresh_clone_pulls_everything_and_has_nothing_to_run(clone_a, clone_b):
@@ -106,7 +117,7 @@ def branch_pushed(clone_b, server, tiny_data) -> Path:
     (clone_b / ".git" / "repro.log").write_text(dvc("repro", cwd=clone_b))
     git("add", "-A", cwd=clone_b)
     git("commit", "-q", "-m", "Halve model_0's learning rate", cwd=clone_b)
-    dvc_with(server, "push", "--run-cache", cwd=clone_b)
+    push(server, clone_b)
     git("push", "-q", "origin", BRANCH, cwd=clone_b)
     return clone_b
 
@@ -137,17 +148,17 @@ def test_a_result_computed_in_one_clone_is_restored_in_another_from_the_run_cach
     clone_a, branch_pushed, server, tmp_path_factory
 ):
     # A runs an experiment and pushes its run-cache; a third clone runs the same experiment
-    # and DVC restores every stage it needs instead of training.
+    # and DVC restores every stage it needs (`--pull` fetches what they need) instead of training.
     experiment = "models.model_1.lr=0.05"
     dvc("exp", "run", "-S", experiment, cwd=clone_a)
-    dvc_with(server, "push", "--run-cache", cwd=clone_a)
+    push(server, clone_a)
     git("reset", "-q", "--hard", cwd=clone_a)
     dvc("checkout", "-q", "--force", cwd=clone_a)
 
     root = tmp_path_factory.mktemp("sharing") / "c"
     git("clone", "-q", str(clone_a), str(root), cwd=clone_a.parent)
     dvc_with(server, "pull", "--run-cache", cwd=root)
-    output = dvc_with(server, "exp", "run", "-S", experiment, cwd=root)
+    output = dvc_with(server, "exp", "run", "--pull", "-S", experiment, cwd=root)
     assert ran_stages(output) == []
     for stage in ("train@model_1", "evaluate@model_1", "compare"):
         assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in output

@@ -3,6 +3,7 @@
     python -m fmnist.remote start          # SeaweedFS on 127.0.0.1, the --local default remote
     python -m fmnist.remote stop
     python -m fmnist.remote check [NAME]   # reach the remote with its credentials, or say why not
+    python -m fmnist.remote push [NAME]    # dvc push --run-cache, and what restoring runs needs
 
 The store keeps its objects, credentials and log under `.storage/` (git-ignored), so a restart
 finds what was pushed before. Its credentials are made at the first start and written only to
@@ -393,6 +394,56 @@ def check_remote(name: str | None = None) -> str:
     return f"DVC remote {label!r} ({url}) is reachable"
 
 
+def run_cache_objects(repo: Any) -> set[str]:
+    """MD5s of every output that `repo`'s run-cache entries record, with each folder's files."""
+    import yaml
+
+    found = set()
+    for entry in Path(repo.stage_cache.cache_dir).glob("*/*/*"):
+        for out in (yaml.safe_load(entry.read_text()) or {}).get("outs", []):
+            found.add(out["md5"])
+    # A folder's object only lists its files, by MD5; each file is an object of its own.
+    for md5 in [md5 for md5 in found if md5.endswith(".dir")]:
+        listing = Path(repo.cache.local.oid_to_path(md5))
+        if listing.is_file():
+            found.update(item["md5"] for item in json.loads(listing.read_text()))
+    return found
+
+
+def push_run_cache_outputs(name: str | None = None) -> int:
+    """Push the objects of every run-cache entry's outputs; return how many the remote lacked."""
+    # `dvc push --run-cache` sends the entries, but only the objects of the committed
+    # dvc.lock's cached outputs: a run whose metrics and plots are committed to git
+    # (`cache: false`) then cannot be restored elsewhere, and another clone trains again.
+    from dvc.repo import Repo
+    from dvc_data.hashfile.hash_info import HashInfo
+
+    with Repo() as repo:
+        local = repo.cache.local
+        objs = {HashInfo("md5", md5) for md5 in run_cache_objects(repo) if local.exists(md5)}
+        result = repo.cloud.push(objs, remote=name)
+    if result.failed:
+        raise PipelineError(f"{len(result.failed)} run-cache objects failed to upload")
+    return len(result.transferred)
+
+
+def push(name: str | None = None) -> None:
+    """Push outputs and run-cache so that another clone restores every run instead of running it."""
+    print(check_remote(name))
+    command = [
+        sys.executable,
+        "-m",
+        "dvc",
+        "push",
+        "--run-cache",
+        *([] if name is None else ["-r", name]),
+    ]
+    if subprocess.run(command).returncode != 0:
+        raise PipelineError("`dvc push --run-cache` failed (its error is above)")
+    sent = push_run_cache_outputs(name)
+    print(f"{sent} more objects pushed for the run-cache's metrics and plots")
+
+
 @entry_point
 def main(argv: Sequence[str] | None = None) -> None:
     """Start or stop the local store, or check a remote."""
@@ -401,7 +452,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     commands.add_parser("start", help="start the local S3 store and make it the default remote")
     commands.add_parser("stop", help="stop the local S3 store")
     check = commands.add_parser("check", help="check that a remote answers to its credentials")
-    check.add_argument("name", nargs="?", help="remote name (default: the default remote)")
+    sync = commands.add_parser(
+        "push", help="dvc push --run-cache, plus the objects restoring each run needs"
+    )
+    for sub in (check, sync):
+        sub.add_argument("name", nargs="?", help="remote name (default: the default remote)")
     args = parser.parse_args(argv)
     if args.command == "start":
         store = start()
@@ -411,6 +466,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     elif args.command == "stop":
         print("stopped the local store" if stop() else "the local store was not running")
+    elif args.command == "push":
+        push(args.name)
     else:
         print(check_remote(args.name))
 
