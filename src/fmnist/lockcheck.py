@@ -44,9 +44,10 @@ def stale_reasons(status: dict[str, Any], missing_outputs: Sequence[str]) -> dic
                 for path, state in entries.items():
                     if isinstance(state, dict):  # params: {"models.model_0.lr": "modified"}
                         reasons += [f"param {key} {value}" for key, value in state.items()]
-                    elif state in _ABSENT or (kind == "changed deps" and any(
-                        _within(out, path) for out in missing_outputs
-                    )):
+                    elif state in _ABSENT or (
+                        kind == "changed deps"
+                        and any(_within(out, path) for out in missing_outputs)
+                    ):
                         continue
                     else:
                         reasons.append(f"{path} {state}")
