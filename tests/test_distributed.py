@@ -21,7 +21,7 @@ import torch
 from fmnist.engine import Shard
 
 from .conftest import ROOT, load_stage, tiny_params, write_params
-from .test_faults import outputs, temp_files, wait_for
+from .test_faults import temp_files, wait_for
 
 MODELS = ("model_0", "model_1", "model_2")  # linear, linear_relu, tinyvgg
 # Batches of 7 split 4 + 3 between two ranks, and the last batch (240 % 7 = 2) splits 1 + 1: the
@@ -59,6 +59,16 @@ def stage(project: Path, model: str, log: Path) -> Iterator[subprocess.Popen]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # torchrun and every rank
             proc.wait(timeout=30)
+
+
+def outputs(project: Path) -> dict[str, bytes]:
+    """Every file under models/, metrics/ and plots/, with its bytes."""
+    return {
+        str(path.relative_to(project)): path.read_bytes()
+        for folder in ("models", "metrics", "plots")
+        for path in sorted((project / folder).rglob("*"))
+        if path.is_file()
+    }
 
 
 def curves(project: Path, model: str) -> list[dict[str, float]]:
@@ -106,10 +116,13 @@ def test_two_gloo_processes_train_as_one_process_does(project, tiny_data, model)
 
 
 def test_killing_one_rank_fails_the_stage_stops_the_other_and_writes_nothing(project, tiny_data):
+    write_params(project / "params.yaml", tiny_params(tiny_data))
+    load_stage("train").main(["--model", "model_2"])  # earlier outputs, which must survive
+    before = outputs(project)
+    assert "models/model_2.pth" in before and "plots/train/model_2.csv" in before
     params = tiny_params(tiny_data, model_2={"epochs": 1000})
     params["runtime"]["processes"] = 2
     write_params(project / "params.yaml", params)
-    before = outputs(project)
     log = project / "train.log"
     with stage(project, "model_2", log) as proc:
         wait_for(lambda: "epoch 1/1000" in log.read_text(), "training to start")
