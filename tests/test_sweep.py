@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from fmnist import sweep
 from fmnist.sweep import Experiment, dvc_failed, format_table, sweep_keys, table, worker_env
 
 from .conftest import load_stage, write_params
@@ -180,3 +181,42 @@ def test_a_run_that_dvc_failed_is_told_from_one_the_pipeline_failed():
     assert dvc_failed("")
     stage = "error: model_0: training loss became nan at batch 1 of 15 in epoch 1 with lr 1e6"
     assert not dvc_failed(f"> python stages/train.py --model model_0\n{stage}\n")
+
+
+def fake_queue(monkeypatch, statuses: list[str]) -> list[tuple[str, ...]]:
+    """Make the sweep's DVC calls answer `queue status` with `statuses` in turn; record calls."""
+    calls: list[tuple[str, ...]] = []
+
+    def dvc(*args: str, env=None, check=True) -> str:
+        calls.append(args)
+        if args[:2] == ("queue", "status"):
+            return statuses.pop(0) if len(statuses) > 1 else statuses[0]
+        return ""
+
+    monkeypatch.setattr(sweep, "dvc", dvc)
+    monkeypatch.setattr(sweep, "POLL_S", 0)
+    return calls
+
+
+def status(*rows: tuple[str, str], workers: int) -> str:
+    lines = ["Task     Name        Created    Status"]
+    lines += [f"abc1234  {name}  04:27 AM   {state}" for name, state in rows]
+    return "\n".join([*lines, "", f"Worker status: {workers} active, 0 idle"])
+
+
+def test_workers_that_stop_with_experiments_queued_are_started_again(monkeypatch):
+    stalled = status(("a", "Success"), ("b", "Queued"), workers=0)
+    done = status(("a", "Success"), ("b", "Success"), workers=1)
+    calls = fake_queue(monkeypatch, [stalled] * sweep.IDLE_POLLS + [done])
+    assert sweep.run_queue(["a", "b"], 2, {}, timeout_s=5) == {"a": "Success", "b": "Success"}
+    assert calls.count(("queue", "start", "--jobs", "2")) == 2
+
+
+def test_an_experiment_no_worker_will_run_is_reported_lost(monkeypatch):
+    calls = fake_queue(monkeypatch, [status(("a", "Failed"), ("b", "Queued"), workers=0)])
+    assert sweep.run_queue(["a", "b", "c"], 2, {}, timeout_s=5) == {
+        "a": "Failed",
+        "b": "Lost",
+        "c": "Lost",  # not even in the queue any more
+    }
+    assert calls.count(("queue", "start", "--jobs", "2")) == 3

@@ -34,7 +34,7 @@ DONE = ("Success", "Failed")
 # How often to ask DVC for the queue's state, and how many polls may find queued experiments
 # with no worker running before the workers are started again.
 POLL_S = 2.0
-IDLE_POLLS = 3
+IDLE_POLLS = 5
 # What a log says when DVC itself, not the experiment, failed: concurrent workers racing for
 # git's locks (dvc#8763), or a worker that died before logging anything. Such a run is retried.
 DVC_FAILURES = (
@@ -121,23 +121,25 @@ def queue_status(env: Mapping[str, str]) -> tuple[dict[str, str], int]:
 def run_queue(
     names: Sequence[str], jobs: int, env: Mapping[str, str], timeout_s: float
 ) -> dict[str, str]:
-    """Start `jobs` workers and wait until every experiment in `names` has ended."""
+    """Start `jobs` workers and wait until every experiment in `names` has ended (or is lost)."""
     # DVC's workers can stop while experiments are still queued (dvc#10562, seen with
-    # --jobs > 1); an experiment is then never run. Start them again when that happens.
+    # --jobs > 1); an experiment is then never run. Start them again when that happens, and
+    # call an experiment that twice more finds no worker to run it lost.
     dvc("queue", "start", "--jobs", str(jobs), env=env)
     deadline = time.monotonic() + timeout_s
-    idle = 0
+    idle = restarts = 0
     while True:
         states, workers = queue_status(env)
-        mine = {name: states.get(name, "missing") for name in names}
-        if all(state in DONE for state in mine.values()):
+        mine = {name: states.get(name, "Lost") for name in names}
+        if all(state in (*DONE, "Lost") for state in mine.values()):
             return mine
-        waiting = [name for name, state in mine.items() if state == "Queued"]
         running = any(state == "Running" for state in mine.values())
-        idle = idle + 1 if waiting and not running and workers == 0 else 0
+        idle = idle + 1 if not running and workers == 0 else 0
+        if idle >= IDLE_POLLS and restarts == 2:
+            return {n: s if s in DONE else "Lost" for n, s in mine.items()}
         if idle >= IDLE_POLLS:
             dvc("queue", "start", "--jobs", str(jobs), env=env)
-            idle = 0
+            idle, restarts = 0, restarts + 1
         if time.monotonic() > deadline:
             late = ", ".join(f"{n} ({s})" for n, s in mine.items() if s not in DONE)
             raise PipelineError(
@@ -314,6 +316,8 @@ def sweep(
             e.params, e.metrics = found[name]
         elif e.status == "Success":
             e.status, e.error = "Lost", "finished, but `dvc exp show` does not list it"
+        elif e.status == "Lost":
+            e.error = "the queue no longer lists it, or no worker would run it"
         if e.status == "Failed":
             e.error = failure_reason(logs[name])
         if not e.params:  # not in `dvc exp show`: the values it was queued with
