@@ -102,6 +102,7 @@ def one_at_a_time(root: Path, dest: Path, lr: float, hidden: int, threads: int) 
 
 def test_a_grid_with_two_workers_succeeds_and_is_listed_once(swept):
     root, result = swept
+    print(result.stdout, result.stderr)  # shown if an assertion below fails
     assert result.returncode == 0, result.stdout + result.stderr
     experiments = shown(root)
     assert len(experiments) == 4

@@ -31,10 +31,11 @@ from fmnist.errors import PipelineError
 from fmnist.paths import MODEL_METRICS_DIR
 
 DONE = ("Success", "Failed")
-# How often to ask DVC for the queue's state, and how many polls may find queued experiments
-# with no worker running before the workers are started again.
+# How often to ask DVC for the queue's state, and how many polls in a row (half a minute) may
+# find queued experiments with no worker before the workers are started again: a worker that is
+# busy starting up can miss `dvc queue status`'s ping, and must not be taken for a dead one.
 POLL_S = 2.0
-IDLE_POLLS = 5
+IDLE_POLLS = 15
 # What a log says when DVC itself, not the experiment, failed: concurrent workers racing for
 # git's locks (dvc#8763), or a worker that died before logging anything. Such a run is retried.
 DVC_FAILURES = (
