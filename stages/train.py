@@ -1,8 +1,10 @@
 """DVC stage `train@<model>`: train one model from params.yaml and save its weights."""
 
 import logging
+import sys
 from collections.abc import Sequence
 
+from fmnist import distributed
 from fmnist.atomic import write_json
 from fmnist.checkpoint import save_checkpoint
 from fmnist.cli import entry_point, stage_parser
@@ -11,7 +13,13 @@ from fmnist.params import load_params
 from fmnist.paths import CURVES_DIR, PREPARED_DIR, STEPS_DIR, TRAIN_METRICS_DIR, weights_path
 from fmnist.progress import epoch_bars
 from fmnist.runtime import resolve_device, resolve_precision
-from fmnist.training import checkpoint_metadata, train_model, write_history, write_steps
+from fmnist.training import (
+    checkpoint_metadata,
+    train_metrics,
+    train_model,
+    write_history,
+    write_steps,
+)
 
 log = logging.getLogger("fmnist.train")
 
@@ -21,7 +29,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__, model=True).parse_args(argv)
     params = load_params(args.params)
     hp = params.model(args.model)
-    device = resolve_device(params.runtime.device)
+    processes, launched = params.runtime.processes, distributed.launched()
+    if processes > 1 and not launched:
+        # Run this very stage in `processes` processes under torchrun, and wait for them.
+        argv = sys.argv[1:] if argv is None else list(argv)
+        distributed.launch(__file__, argv, processes, params.runtime.threads)
+        return
+    name = params.runtime.device
+    shard, device = distributed.join(processes, name) if launched else (None, resolve_device(name))
     precision = resolve_precision(hp.precision, device)
     train, test = load_split(PREPARED_DIR, "train"), load_split(PREPARED_DIR, "test")
     classes = load_classes(PREPARED_DIR)
@@ -40,8 +55,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         precision=precision,
         threads=params.runtime.threads,
         loss_every=params.curves.loss_every,
-        progress=epoch_bars(hp.name, hp.epochs),
+        progress=epoch_bars(hp.name, hp.epochs) if shard is None or shard.rank == 0 else None,
+        shard=shard,
     )
+    if shard is not None:
+        distributed.leave()
+        if shard.rank != 0:
+            return  # only rank 0 writes
     for row in result.history:
         log.info(
             "%s epoch %d: train loss %.4f acc %.2f%% | test loss %.4f acc %.2f%%",
@@ -59,17 +79,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     save_checkpoint(result.model, weights_path(hp.name), meta)
     write_history(result.history, CURVES_DIR / f"{hp.name}.csv")
     write_steps(result.steps, hp.label, STEPS_DIR / f"{hp.name}.csv")
-    # Timing lives in its own file so that the weights and curves stay byte-identical per run;
-    # nested under the model's name, so that DVC names its columns `model_2.train_seconds`.
-    write_json(
-        TRAIN_METRICS_DIR / f"{hp.name}.json",
-        {
-            hp.name: {
-                "train_seconds": round(result.seconds, 3),
-                "samples_per_second": round(hp.epochs * len(train) / result.seconds, 1),
-            }
-        },
-    )
+    # Timing lives in its own file so that the weights and curves stay byte-identical per run.
+    write_json(TRAIN_METRICS_DIR / f"{hp.name}.json", train_metrics(hp, result, len(train)))
     log.info("%s trained in %.1f s; wrote %s", hp.name, result.seconds, weights_path(hp.name))
 
 

@@ -100,7 +100,7 @@ def tiny_params(tiny: TinyData, **model_overrides: dict) -> dict:
     for name, changes in model_overrides.items():
         models[name] = {**models[name], **changes}
     return {
-        "runtime": {"device": "cpu", "seed": 42, "threads": 0},
+        "runtime": {"device": "cpu", "seed": 42, "threads": 0, "processes": 1},
         "data": {"sources": [str(tiny.source)], "sha256": dict(tiny.sha256), "timeout_s": 5},
         "eval": {"batch_size": 25},
         # 15 steps per epoch on the tiny data: a point of the running loss every 5 of them.

@@ -48,6 +48,7 @@ def _mutate(raw: dict, path: str, value) -> dict:
         ("models.model_1.hidden_units", True, "models.model_1.hidden_units: expected an integer"),
         ("models.model_1.arch", "resnet", "models.model_1.arch: expected one of linear"),
         ("runtime.device", "tpu", "runtime.device: expected one of auto, cpu, cuda, mps"),
+        ("runtime.processes", 0, "runtime.processes: expected an integer > 0, got 0"),
         ("eval.batch_size", 0, "eval.batch_size: expected an integer > 0"),
         ("curves.loss_every", 0, "curves.loss_every: expected an integer > 0, got 0"),
         ("gate.max_accuracy_drop", -1, "gate.max_accuracy_drop: expected a number >= 0, got -1"),

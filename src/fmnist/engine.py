@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -72,6 +73,26 @@ class NonFiniteLoss(PipelineError):
 CHECK_EVERY = 50
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of every batch when `size` processes train together (DDP)."""
+
+    rank: int
+    size: int
+
+    def split(self, batch: torch.Tensor) -> torch.Tensor:
+        """Return this rank's slice of a batch: contiguous, sizes differing by at most one."""
+        return batch.tensor_split(self.size)[self.rank]
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Add up `values` across the processes (every rank gets the totals)."""
+        import torch.distributed as dist  # only data-parallel runs pay for this import
+
+        total = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(total)
+        return total.tolist()
+
+
 def epoch_batches(
     n: int, batch_size: int, generator: torch.Generator, device: torch.device | str = "cpu"
 ) -> list[torch.Tensor]:
@@ -93,8 +114,11 @@ def train_one_epoch(
     optimizer: Optimizer,
     progress: Progress | None = None,
     precision: str = "fp32",
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
     """Run one pass; return mean loss, accuracy and each step's loss, or raise NonFiniteLoss."""
+    # With `shard`, `model` is wrapped in DistributedDataParallel and this process computes its
+    # slice of each global batch; what it returns is over all processes.
     model.train()
     device = images.device
     # One small device write per step for the loss and one for the logits, instead of a chain
@@ -102,36 +126,54 @@ def train_one_epoch(
     # is computed once, at the end of the epoch.
     if not batches:
         raise ValueError("an epoch needs at least one batch")
-    counts = [len(index) for index in batches]
+    local = batches if shard is None else [shard.split(index) for index in batches]
+    counts = [len(index) for index in local]
     losses = torch.empty(len(batches), device=device)
     sizes = torch.tensor(counts, dtype=torch.float32, device=device)
     outputs: torch.Tensor | None = None
     seen = 0
-    for step, index in enumerate(batches, start=1):
+    for step, index in enumerate(local, start=1):
         x, y = images.index_select(0, index), labels.index_select(0, index)
         with autocast(device, precision):
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            if shard is None:
+                loss = F.cross_entropy(logits, y)
+            else:
+                # DDP averages the processes' gradients. Scaling each slice's summed loss by
+                # size / global batch makes that average the gradient of the global batch's
+                # mean loss, even when the slices differ in size.
+                summed = F.cross_entropy(logits, y, reduction="sum")
+                loss = summed * (shard.size / len(batches[step - 1]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if outputs is None:
             outputs = torch.empty(sum(counts), logits.shape[1], device=device)
-        losses[step - 1] = loss.detach()
+        if shard is None:
+            losses[step - 1] = loss.detach()
+        else:
+            losses[step - 1] = summed.detach() / max(len(index), 1)
         outputs[seen : seen + len(index)] = logits.detach()
         seen += len(index)
         if step % CHECK_EVERY == 0 or step == len(batches):
-            running = (losses[:step] * sizes[:step]).sum().item() / seen
+            running = (losses[:step] * sizes[:step]).sum().item() / max(seen, 1)
             if not math.isfinite(running):
                 raise NonFiniteLoss(running, step, len(batches))
             if progress is not None:
                 progress.set_postfix_str(f"loss {running:.4f}", refresh=False)
         if progress is not None:
             progress.update(1)
-    truth = labels.index_select(0, torch.cat(batches))
+    truth = labels.index_select(0, torch.cat(local))
     correct = (outputs.argmax(dim=1) == truth).sum().item()
     # Each step's mean loss too, read back once, for the finer-grained training curve.
-    return {"loss": running, "accuracy": correct / seen, "step_losses": losses.tolist()}
+    step_losses = losses.tolist()
+    if shard is not None:
+        # The slices' summed losses over the global batch: the loss one process would have seen.
+        step_sums = shard.sum((losses * sizes).tolist())
+        step_losses = [total / len(batch) for total, batch in zip(step_sums, batches, strict=True)]
+        loss_sum, correct, seen = shard.sum([running * seen, correct, seen])
+        running = loss_sum / seen
+    return {"loss": running, "accuracy": correct / seen, "step_losses": step_losses}
 
 
 @torch.inference_mode()

@@ -64,6 +64,7 @@ class RuntimeParams:
     device: str
     seed: int
     threads: int
+    processes: int  # above 1, train@<model> runs data-parallel under torchrun
 
 
 @dataclass(frozen=True)
@@ -257,6 +258,7 @@ def parse_params(raw: Any) -> Params:
                 "device": _choice(*DEVICES),
                 "seed": _seed,
                 "threads": _non_negative_int,
+                "processes": _positive_int,
             },
         )
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,9 +11,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fmnist import distributed
 from fmnist.atomic import atomic_open
 from fmnist.data import Split, to_model_input
-from fmnist.engine import SGD, NonFiniteLoss, Progress, epoch_batches, evaluate, train_one_epoch
+from fmnist.engine import (
+    SGD,
+    NonFiniteLoss,
+    Progress,
+    Shard,
+    epoch_batches,
+    evaluate,
+    train_one_epoch,
+)
 from fmnist.errors import PipelineError
 from fmnist.models import build_model
 from fmnist.params import ModelParams
@@ -31,7 +41,8 @@ class TrainingResult:
     steps: list[dict[str, float]]  # the running training loss, every `loss_every` steps
     seconds: float
     device: torch.device
-    threads: int  # torch's CPU threads during training
+    threads: int  # torch's CPU threads during training (per process)
+    processes: int = 1
 
 
 def train_model(
@@ -46,17 +57,23 @@ def train_model(
     threads: int = 0,
     loss_every: int = 50,
     progress: Callable[[int, int], Progress] | None = None,
+    shard: Shard | None = None,
 ) -> TrainingResult:
     """Train `hp`'s model with SGD, scoring the test set after each epoch; NaN loss is an error."""
-    # `progress(epoch, n_batches)` may return a bar that counts the epoch's batches.
+    # `progress(epoch, n_batches)` may return a bar that counts the epoch's batches. With
+    # `shard`, this process is one rank of several (DDP): every rank draws the same global
+    # batches and trains on its slice of each; rank 0 alone scores the test set.
     seed_everything(seed)
     model = place_model(build_model(hp.arch, hp.hidden_units), device)
+    trained = model if shard is None else distributed.wrap(model, device)
+    scores_here = shard is None or shard.rank == 0
     optimizer = SGD(model.parameters(), lr=hp.lr)
     generator = torch.Generator().manual_seed(seed)
     history = []
     step_losses: list[float] = []
     step_sizes: list[int] = []
-    with cpu_threads(threads, model) as used_threads:
+    lost = contextlib.nullcontext() if shard is None else distributed.peers_lost(shard)
+    with cpu_threads(threads, model) as used_threads, lost:
         start = time.perf_counter()
         x_train, y_train = to_model_input(train.images, device), train.labels.to(device)
         x_test, y_test = to_model_input(test.images, device), test.labels.to(device)
@@ -64,7 +81,9 @@ def train_model(
             batches = epoch_batches(len(train), hp.batch_size, generator, device)
             bar = progress(epoch, len(batches)) if progress else None
             try:
-                fit = train_one_epoch(model, x_train, y_train, batches, optimizer, bar, precision)
+                fit = train_one_epoch(
+                    trained, x_train, y_train, batches, optimizer, bar, precision, shard
+                )
             except NonFiniteLoss as exc:
                 raise PipelineError(
                     f"{hp.name}: {exc} in epoch {epoch} with lr {hp.lr}; the model diverged, so "
@@ -75,6 +94,8 @@ def train_model(
                     bar.close()
             step_losses += fit["step_losses"]
             step_sizes += [len(index) for index in batches]
+            if not scores_here:
+                continue
             scores = evaluate(model, x_test, y_test, eval_batch_size, precision)
             history.append(
                 {
@@ -94,6 +115,7 @@ def train_model(
         seconds=seconds,
         device=device,
         threads=used_threads,
+        processes=1 if shard is None else shard.size,
     )
 
 
@@ -167,3 +189,15 @@ def write_steps(steps: list[dict[str, float]], label: str, path: str | Path) -> 
         handle.write(",".join(STEP_FIELDS) + "\n")
         for row in steps:
             handle.write(f"{label},{int(row['step'])},{row['epoch']:.4f},{row['loss']:.6f}\n")
+
+
+def train_metrics(hp: ModelParams, result: TrainingResult, n_train: int) -> dict[str, object]:
+    """Training's time and setup, nested under the model's name (DVC: `model_2.train_seconds`)."""
+    return {
+        hp.name: {
+            "processes": result.processes,
+            "threads": result.threads,
+            "train_seconds": round(result.seconds, 3),
+            "samples_per_second": round(hp.epochs * n_train / result.seconds, 1),
+        }
+    }

@@ -1,0 +1,379 @@
+"""Run a grid of experiments with DVC's queue and parallel workers, then compare them.
+
+    python -m fmnist.sweep --jobs 2 -S 'models.model_2.lr=0.05,0.1' -S 'models.model_0.lr=0.1,0.2'
+
+queues every combination (`dvc exp run --queue -S ... -S ...`), starts `dvc queue start --jobs N`
+with the cores shared out between the workers, waits for every experiment to end, prints a
+table of the swept params and each model's test accuracy and loss, draws them, and shows the
+log (`dvc queue logs`) of any experiment that failed. A tool: no stage imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fmnist.atomic import atomic_path, write_text
+from fmnist.cli import entry_point
+from fmnist.errors import PipelineError
+from fmnist.paths import MODEL_METRICS_DIR
+
+DONE = ("Success", "Failed")
+# How often to ask DVC for the queue's state, and how many polls in a row (half a minute) may
+# find queued experiments with no worker before the workers are started again: a worker that is
+# busy starting up can miss `dvc queue status`'s ping, and must not be taken for a dead one.
+POLL_S = 2.0
+IDLE_POLLS = 15
+# What a log says when DVC itself, not the experiment, failed: concurrent workers racing for
+# git's locks (dvc#8763), or a worker that died before logging anything. Such a run is retried.
+DVC_FAILURES = (
+    "packed-refs.lock",
+    "index is locked",
+    "Unable to acquire lock",
+    "LockError",
+    "No output logs found",
+)
+
+
+@dataclass
+class Experiment:
+    """One queued experiment: its name, state, the values of the swept keys, its metrics."""
+
+    name: str
+    status: str = "Queued"
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> metrics
+    error: str = ""
+
+
+def worker_env(
+    jobs: int, threads: int = 0, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment for `jobs` queue workers: the cores shared out, the library of each copy."""
+    env = dict(os.environ if base is None else base)
+    # torch starts one thread per core unless OMP_NUM_THREADS says otherwise; `jobs` workers
+    # with one per core each would fight over the cores. The train and evaluate stages honour it
+    # through runtime.threads: 0 (and torchrun passes it on to each rank).
+    cores = len(os.sched_getaffinity(0))
+    env["OMP_NUM_THREADS"] = str(threads or max(1, cores // jobs))
+    # A relative entry, so that each experiment imports the library from its own temporary
+    # copy of the repository (the code DVC hashed), not from an install of the workspace.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, ["src", env.get("PYTHONPATH")]))
+    env["DVC_NO_ANALYTICS"] = "1"
+    return env
+
+
+def dvc(*args: str, env: Mapping[str, str] | None = None, check: bool = True) -> str:
+    """Run a DVC command with this interpreter; return stdout (or fail with its stderr)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], capture_output=True, text=True, env=env
+    )
+    if check and result.returncode != 0:
+        raise PipelineError(f"`dvc {' '.join(args)}` failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def queue(overrides: Sequence[str], env: Mapping[str, str]) -> dict[str, list[str]]:
+    """Queue one experiment per combination of the `-S` values; return each one's `-S` values."""
+    args = [arg for override in overrides for arg in ("-S", override)]
+    out = dvc("exp", "run", "--queue", *args, env=env)
+    queued, pending = {}, []
+    for line in out.splitlines():
+        if match := re.match(r"Queueing with overrides '(.*)'\.$", line):
+            files = ast.literal_eval(match[1])  # {'params.yaml': ['key=value', ...]}
+            pending = [
+                value if file == "params.yaml" else f"{file}:{value}"
+                for file, values in files.items()
+                for value in values
+            ]
+        elif match := re.match(r"Queued experiment '([^']+)'", line):
+            queued[match[1]] = pending
+    if not queued:
+        raise PipelineError(f"`dvc exp run --queue` queued nothing:\n{out}")
+    return queued
+
+
+def queue_status(env: Mapping[str, str]) -> tuple[dict[str, str], int]:
+    """Each queued experiment's state by name, and how many workers are active or idle."""
+    out = dvc("queue", "status", env=env)
+    states, workers = {}, 0
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[-1] in ("Queued", "Running", *DONE):
+            states[parts[1]] = parts[-1]
+        match = re.match(r"Worker status: (\d+) active, (\d+) idle", line.strip())
+        if match:
+            workers = int(match[1]) + int(match[2])
+    return states, workers
+
+
+def run_queue(
+    names: Sequence[str], jobs: int, env: Mapping[str, str], timeout_s: float
+) -> dict[str, str]:
+    """Start `jobs` workers and wait until every experiment in `names` has ended (or is lost)."""
+    # DVC's workers can stop while experiments are still queued (dvc#10562, seen with
+    # --jobs > 1); an experiment is then never run. Start them again when that happens, and
+    # call an experiment that twice more finds no worker to run it lost.
+    dvc("queue", "start", "--jobs", str(jobs), env=env)
+    deadline = time.monotonic() + timeout_s
+    idle = restarts = 0
+    while True:
+        states, workers = queue_status(env)
+        mine = {name: states.get(name, "Lost") for name in names}
+        if all(state in (*DONE, "Lost") for state in mine.values()):
+            return mine
+        running = any(state == "Running" for state in mine.values())
+        idle = idle + 1 if not running and workers == 0 else 0
+        if idle >= IDLE_POLLS and restarts == 2:
+            return {n: s if s in DONE else "Lost" for n, s in mine.items()}
+        if idle >= IDLE_POLLS:
+            dvc("queue", "start", "--jobs", str(jobs), env=env)
+            idle, restarts = 0, restarts + 1
+        if time.monotonic() > deadline:
+            late = ", ".join(f"{n} ({s})" for n, s in mine.items() if s not in DONE)
+            raise PipelineError(
+                f"the sweep did not end within {timeout_s:.0f} s: {late} still unfinished; "
+                "`dvc queue status` shows them and `dvc queue stop --kill` stops them"
+            )
+        time.sleep(POLL_S)
+
+
+def _dig(tree: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for key in dotted.split("."):
+        node = node.get(key) if isinstance(node, Mapping) else None
+    return node
+
+
+def collect(names: Sequence[str], keys: Sequence[str], env: Mapping[str, str]) -> dict[str, Any]:
+    """Each finished experiment's swept params and per-model metrics, from `dvc exp show`."""
+    found: dict[str, Any] = {}
+    for baseline in json.loads(dvc("exp", "show", "--json", env=env)):
+        for group in baseline.get("experiments") or []:
+            for rev in group["revs"]:
+                # A failed experiment is listed too, with an error and its baseline's data.
+                if rev.get("name") not in names or rev.get("error") or not rev.get("data"):
+                    continue
+                data = rev["data"]
+                params = data.get("params", {}).get("params.yaml", {}).get("data", {})
+                metrics = {}
+                for path, entry in (data.get("metrics") or {}).items():
+                    if path.startswith(f"{MODEL_METRICS_DIR}/"):
+                        metrics[Path(path).stem] = entry.get("data", {})
+                if rev["name"] in found:
+                    raise PipelineError(f"`dvc exp show` lists experiment {rev['name']} twice")
+                found[rev["name"]] = ({key: _dig(params, key) for key in keys}, metrics)
+    return found
+
+
+def queue_log(name: str, env: Mapping[str, str]) -> str:
+    """An experiment's output as `dvc queue logs` shows it (or DVC's reason for having none)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", "queue", "logs", name],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    return result.stdout + result.stderr
+
+
+def dvc_failed(log: str) -> bool:
+    """Tell a run that DVC failed (worth retrying) from one where the experiment failed."""
+    return not log.strip() or any(marker in log for marker in DVC_FAILURES)
+
+
+def failure_reason(log: str) -> str:
+    """The error line of a failed experiment's log, or the end of the log."""
+    errors = [line.strip() for line in log.splitlines() if line.strip().startswith("error:")]
+    if errors:
+        return errors[0]
+    tail = [line for line in log.splitlines() if line.strip()][-5:]
+    return "\n".join(tail) or "no log"
+
+
+def sweep_keys(overrides: Sequence[str]) -> list[str]:
+    """The param keys a list of `-S key=v1,v2` overrides sets, in order (file prefixes dropped)."""
+    keys = []
+    for override in overrides:
+        key = override.split("=", 1)[0].split(":")[-1].strip()
+        if key and key not in keys:
+            keys.append(key)
+    return keys
+
+
+def table(experiments: Sequence[Experiment], keys: Sequence[str]) -> list[list[str]]:
+    """Rows of text: experiment, state, the swept params, then each model's accuracy and loss."""
+    models = sorted({m for e in experiments for m in e.metrics})
+    header = ["experiment", "state", *keys]
+    header += [f"{m} {what}" for m in models for what in ("accuracy", "loss")]
+    rows = [header]
+    for e in experiments:
+        row = [e.name, e.status, *(str(e.params.get(k, "-")) for k in keys)]
+        for model in models:
+            scores = e.metrics.get(model, {})
+            acc, loss = scores.get("accuracy"), scores.get("loss")
+            row += [
+                "-" if acc is None else f"{100 * acc:.2f}%",
+                "-" if loss is None else f"{loss:.4f}",
+            ]
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[list[str]]) -> str:
+    """Align a list of rows into columns: names to the left, values to the right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.ljust(w) if i < 2 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def draw(experiments: Sequence[Experiment], keys: Sequence[str], path: Path) -> None:
+    """Draw each finished experiment's test accuracy for the swept models as bars (a PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [e for e in experiments if e.metrics]
+    models = sorted({m for e in done for m in e.metrics})
+    swept = [m for m in models if any(k.startswith(f"models.{m}.") for k in keys)]
+    models = swept or models  # the others' bars would be the same in every experiment
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(done)), 4.5))
+    width = 0.8 / len(models)
+    for i, model in enumerate(models):
+        values = [100 * e.metrics.get(model, {}).get("accuracy", float("nan")) for e in done]
+        ax.bar([x + i * width for x in range(len(done))], values, width, label=model)
+    ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(done))])
+    labels = [
+        "\n".join([e.name, *(f"{k.split('.')[-1]}={e.params.get(k)}" for k in keys)]) for e in done
+    ]
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Sweep: test accuracy by experiment")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def write_csv(rows: list[list[str]], path: Path) -> None:
+    """Write the table as CSV."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def sweep(
+    overrides: Sequence[str], jobs: int, threads: int, timeout_s: float, out: Path | None
+) -> list[Experiment]:
+    """Queue, run and collect a grid; print its table; write the CSV and chart under `out`."""
+    env = worker_env(jobs, threads)
+    queued = queue(overrides, env)
+    names = list(queued)
+    keys = sweep_keys(overrides)
+    print(f"queued {len(names)} experiments: {', '.join(names)}", flush=True)
+    print(f"running them with {jobs} workers of {env['OMP_NUM_THREADS']} threads each", flush=True)
+    start = time.perf_counter()
+    # Nothing but `dvc queue status` runs while the workers do: `dvc exp show` fails now and then
+    # when it runs meanwhile, and takes git locks that the workers need too (dvc#8763).
+    states = run_queue(names, jobs, env, timeout_s)
+    logs = {name: queue_log(name, env) for name, state in states.items() if state == "Failed"}
+    retry = [name for name in names if name in logs and dvc_failed(logs[name])]
+    for name in retry:
+        requeued = queue(queued[name], env)
+        queued.update(requeued)
+        (again,) = requeued
+        print(f"{name} failed in DVC, not in the pipeline: queued it again as {again}")
+        names[names.index(name)] = again
+    if retry:
+        states.update(run_queue(names, jobs, env, timeout_s))
+        logs.update({n: queue_log(n, env) for n in names if states[n] == "Failed"})
+    # Idle workers would otherwise linger for a while; `stop` lets running tasks finish.
+    dvc("queue", "stop", env=env, check=False)
+    found = collect(names, keys, env)
+    experiments = []
+    for name in names:
+        e = Experiment(name=name, status=states[name])
+        if name in found:
+            e.params, e.metrics = found[name]
+        elif e.status == "Success":
+            e.status, e.error = "Lost", "finished, but `dvc exp show` does not list it"
+        elif e.status == "Lost":
+            e.error = "the queue no longer lists it, or no worker would run it"
+        if e.status == "Failed":
+            e.error = failure_reason(logs[name])
+        if not e.params:  # not in `dvc exp show`: the values it was queued with
+            values = dict(o.split(":")[-1].split("=", 1) for o in queued.get(name, []))
+            e.params = {key: values.get(key, "-") for key in keys}
+        experiments.append(e)
+    rows = table(experiments, keys)
+    print(f"\n{format_table(rows)}", end="")
+    print(f"\n{len(names)} experiments in {time.perf_counter() - start:.1f} s")
+    for e in experiments:
+        if e.error:
+            print(f"{e.name} {e.status.lower()}: {e.error}")
+    if out is not None:
+        write_csv(rows, out / "sweep.csv")
+        if any(e.metrics for e in experiments):
+            draw(experiments, keys, out / "sweep.png")
+        print(f"wrote {out / 'sweep.csv'} and {out / 'sweep.png'}")
+    return experiments
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line: -S overrides as DVC takes them, workers, threads, time limit, output."""
+    p = argparse.ArgumentParser(prog="python -m fmnist.sweep", description=__doc__.split("\n")[0])
+    p.add_argument(
+        "-S",
+        "--set-param",
+        dest="overrides",
+        action="append",
+        required=True,
+        help="KEY=V1,V2,...: as for `dvc exp run --queue -S`; every combination is run",
+    )
+    p.add_argument("-j", "--jobs", type=int, default=1, help="parallel queue workers")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads per worker (default: the cores divided by --jobs)",
+    )
+    p.add_argument("--timeout-s", type=float, default=6 * 3600, help="give up after this long")
+    p.add_argument("--out", type=Path, default=Path("sweep"), help="folder for sweep.csv/png")
+    return p
+
+
+@entry_point
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    if args.jobs < 1 or args.threads < 0:
+        raise PipelineError("--jobs must be at least 1 and --threads at least 0")
+    experiments = sweep(args.overrides, args.jobs, args.threads, args.timeout_s, args.out)
+    failed = [e.name for e in experiments if e.status != "Success"]
+    if failed:
+        raise PipelineError(
+            f"{len(failed)} of {len(experiments)} experiments did not succeed: {', '.join(failed)}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""`python -m fmnist.sweep` on tiny data: DVC's queue with two workers runs a grid, loses nothing,
+reproduces one-at-a-time results, and reports a failed experiment without stopping the others."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+import yaml
+
+from fmnist import sweep
+from fmnist.sweep import Experiment, dvc_failed, format_table, sweep_keys, table, worker_env
+
+from .conftest import load_stage, write_params
+from .workflow_repo import BIN, committed_repo, copy_repo, dvc
+
+GRID = ["models.model_2.lr=0.05,0.2", "models.model_2.hidden_units=4,6"]
+# lr 1e6 makes model_0 diverge at once; 0.05 and 0.2 are fine.
+WITH_FAILURE = ["models.model_0.lr=0.05,1e6,0.2"]
+JOBS = 2
+
+
+def workers(root: Path) -> list[psutil.Process]:
+    """DVC queue workers (and what they run) started for the repository at `root`."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        with contextlib.suppress(psutil.Error):
+            cmd, cwd = " ".join(proc.info["cmdline"] or []), proc.info["cwd"] or ""
+            if "dvc" in cmd and ("queue" in cmd or "exec-run" in cmd) and cwd.startswith(str(root)):
+                found.append(proc)
+    return found
+
+
+def run_sweep(root: Path, overrides: list[str]) -> subprocess.CompletedProcess:
+    """Run the tool as a user would, then stop every worker it left, whatever happened."""
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    args = [arg for o in overrides for arg in ("-S", o)]
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "fmnist.sweep", "--jobs", str(JOBS), *args],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        subprocess.run(
+            [str(BIN / "dvc"), "queue", "stop", "--kill"], cwd=root, env=env, capture_output=True
+        )
+        left = workers(root)
+        _, alive = psutil.wait_procs(left, timeout=20)
+        for proc in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=10)
+
+
+def shown(root: Path) -> dict[str, list[dict]]:
+    """`dvc exp show --json`'s experiments by name (a list, to catch one listed twice)."""
+    rows: dict[str, list[dict]] = {}
+    for baseline in json.loads(dvc("exp", "show", "--json", cwd=root)):
+        for group in baseline.get("experiments") or []:
+            for rev in group["revs"]:
+                rows.setdefault(rev["name"], []).append(rev)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, tiny_data) -> tuple[Path, subprocess.CompletedProcess]:
+    base = committed_repo(tmp_path_factory, tiny_data)
+    root = copy_repo(base, tmp_path_factory.mktemp("sweep") / "repo")
+    return root, run_sweep(root, GRID)
+
+
+def one_at_a_time(root: Path, dest: Path, lr: float, hidden: int, threads: int) -> dict:
+    """model_2's test metrics when its stages run alone in this process with these params."""
+    for folder in ("data", "models"):
+        shutil.copytree(root / folder, dest / folder, symlinks=True)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["models"]["model_2"].update(lr=lr, hidden_units=hidden)
+    write_params(dest / "params.yaml", params)
+    cwd, before = Path.cwd(), torch.get_num_threads()
+    os.chdir(dest)
+    torch.set_num_threads(threads)  # what OMP_NUM_THREADS gives a worker's stage
+    try:
+        load_stage("train").main(["--model", "model_2"])
+        load_stage("evaluate").main(["--model", "model_2"])
+    finally:
+        os.chdir(cwd)
+        torch.set_num_threads(before)
+    return json.loads((dest / "metrics" / "models" / "model_2.json").read_text())
+
+
+def test_a_grid_with_two_workers_succeeds_and_is_listed_once(swept):
+    root, result = swept
+    print(result.stdout, result.stderr)  # shown if an assertion below fails
+    assert result.returncode == 0, result.stdout + result.stderr
+    experiments = shown(root)
+    assert len(experiments) == 4
+    assert all(len(revs) == 1 for revs in experiments.values())  # each exactly once
+    assert all(not revs[0].get("error") for revs in experiments.values())
+    grid = set()
+    for (rev,) in experiments.values():
+        model_2 = rev["data"]["params"]["params.yaml"]["data"]["models"]["model_2"]
+        grid.add((model_2["lr"], model_2["hidden_units"]))
+    assert grid == {(0.05, 4), (0.05, 6), (0.2, 4), (0.2, 6)}
+    for name in experiments:
+        assert name in result.stdout  # in the printed table
+    assert (root / "sweep" / "sweep.csv").read_text().count("\n") == 5
+    assert (root / "sweep" / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert workers(root) == []
+
+
+def test_each_worker_got_its_share_of_the_cores(swept):
+    root, _ = swept
+    expected = int(worker_env(JOBS)["OMP_NUM_THREADS"])
+    for (rev,) in shown(root).values():
+        timing = rev["data"]["metrics"]["metrics/train/model_2.json"]["data"]
+        assert timing["threads"] == expected  # OMP_NUM_THREADS reached the stage in the worker
+
+
+def test_the_parallel_results_equal_one_at_a_time_runs(swept, tmp_path):
+    root, _ = swept
+    threads = int(worker_env(JOBS)["OMP_NUM_THREADS"])
+    for name, (rev,) in shown(root).items():
+        data = rev["data"]
+        model_2 = data["params"]["params.yaml"]["data"]["models"]["model_2"]
+        alone = one_at_a_time(
+            root, tmp_path / name, model_2["lr"], model_2["hidden_units"], threads
+        )
+        assert data["metrics"]["metrics/models/model_2.json"]["data"] == alone
+
+
+def test_a_diverging_experiment_is_reported_and_the_others_complete(
+    tmp_path, tmp_path_factory, tiny_data
+):
+    root = copy_repo(committed_repo(tmp_path_factory, tiny_data), tmp_path / "repo")
+    result = run_sweep(root, WITH_FAILURE)
+    assert result.returncode == 1
+    assert "1 of 3 experiments did not succeed" in result.stderr
+    rows = shown(root)
+    failed = [name for name, revs in rows.items() if revs[0].get("error")]
+    good = [name for name, revs in rows.items() if not revs[0].get("error")]
+    assert len(failed) == 1 and len(good) == 2
+    (name,) = failed
+    # The reason, from the experiment's own log, next to its name.
+    assert f"{name} failed: error: model_0: training loss became nan" in result.stdout
+    for other in good:
+        metrics = rows[other][0]["data"]["metrics"]["metrics/models/model_0.json"]["data"]
+        assert 0 <= metrics["accuracy"] <= 1
+    assert workers(root) == []
+
+
+def test_the_table_lists_swept_params_and_each_models_scores():
+    keys = sweep_keys(["models.model_2.lr=0.1,0.2", "params.yaml:models.model_2.epochs=1"])
+    assert keys == ["models.model_2.lr", "models.model_2.epochs"]
+    scores = {"model_2": {"accuracy": 0.5, "loss": 1.25}}
+    experiments = [
+        Experiment("a", "Success", {"models.model_2.lr": 0.1}, scores),
+        Experiment("b", "Failed", {"models.model_2.lr": 0.2}),
+    ]
+    text = format_table(table(experiments, keys[:1]))
+    header = ["experiment", "state", "models.model_2.lr", "model_2", "accuracy", "model_2", "loss"]
+    assert text.splitlines()[0].split() == header
+    assert "50.00%" in text and "1.2500" in text
+    assert text.splitlines()[2].split()[:3] == ["b", "Failed", "0.2"]
+
+
+def test_a_run_that_dvc_failed_is_told_from_one_the_pipeline_failed():
+    race = "FileExistsError: [Errno 17] File exists: b'/repo/.git/packed-refs.lock'"
+    assert dvc_failed(race)
+    assert dvc_failed("ERROR: No output logs found for experiment 'tamer-kibe'\n")
+    assert dvc_failed("")
+    stage = "error: model_0: training loss became nan at batch 1 of 15 in epoch 1 with lr 1e6"
+    assert not dvc_failed(f"> python stages/train.py --model model_0\n{stage}\n")
+
+
+def fake_queue(monkeypatch, statuses: list[str]) -> list[tuple[str, ...]]:
+    """Make the sweep's DVC calls answer `queue status` with `statuses` in turn; record calls."""
+    calls: list[tuple[str, ...]] = []
+
+    def dvc(*args: str, env=None, check=True) -> str:
+        calls.append(args)
+        if args[:2] == ("queue", "status"):
+            return statuses.pop(0) if len(statuses) > 1 else statuses[0]
+        return ""
+
+    monkeypatch.setattr(sweep, "dvc", dvc)
+    monkeypatch.setattr(sweep, "POLL_S", 0)
+    return calls
+
+
+def status(*rows: tuple[str, str], workers: int) -> str:
+    lines = ["Task     Name        Created    Status"]
+    lines += [f"abc1234  {name}  04:27 AM   {state}" for name, state in rows]
+    return "\n".join([*lines, "", f"Worker status: {workers} active, 0 idle"])
+
+
+def test_workers_that_stop_with_experiments_queued_are_started_again(monkeypatch):
+    stalled = status(("a", "Success"), ("b", "Queued"), workers=0)
+    done = status(("a", "Success"), ("b", "Success"), workers=1)
+    calls = fake_queue(monkeypatch, [stalled] * sweep.IDLE_POLLS + [done])
+    assert sweep.run_queue(["a", "b"], 2, {}, timeout_s=5) == {"a": "Success", "b": "Success"}
+    assert calls.count(("queue", "start", "--jobs", "2")) == 2
+
+
+def test_an_experiment_no_worker_will_run_is_reported_lost(monkeypatch):
+    calls = fake_queue(monkeypatch, [status(("a", "Failed"), ("b", "Queued"), workers=0)])
+    assert sweep.run_queue(["a", "b", "c"], 2, {}, timeout_s=5) == {
+        "a": "Failed",
+        "b": "Lost",
+        "c": "Lost",  # not even in the queue any more
+    }
+    assert calls.count(("queue", "start", "--jobs", "2")) == 3
