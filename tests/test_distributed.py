@@ -109,7 +109,7 @@ def test_two_gloo_processes_train_as_one_process_does(project, tiny_data, model)
         assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-5)
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
     timing = json.loads((project / "metrics" / "train" / f"{model}.json").read_text())
-    assert timing["processes"] == 2
+    assert timing[model]["processes"] == 2
     assert temp_files(project) == []
     # One rank told the story: the per-epoch lines appear once.
     assert log.read_text().count(f"{model} epoch 2:") == 1

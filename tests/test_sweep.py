@@ -124,7 +124,7 @@ def test_each_worker_got_its_share_of_the_cores(swept):
     root, _ = swept
     expected = int(worker_env(JOBS)["OMP_NUM_THREADS"])
     for (rev,) in shown(root).values():
-        timing = rev["data"]["metrics"]["metrics/train/model_2.json"]["data"]
+        timing = rev["data"]["metrics"]["metrics/train/model_2.json"]["data"]["model_2"]
         assert timing["threads"] == expected  # OMP_NUM_THREADS reached the stage in the worker
 
 
@@ -156,7 +156,7 @@ def test_a_diverging_experiment_is_reported_and_the_others_complete(
     assert f"{name} failed: error: model_0: training loss became nan" in result.stdout
     for other in good:
         metrics = rows[other][0]["data"]["metrics"]["metrics/models/model_0.json"]["data"]
-        assert 0 <= metrics["accuracy"] <= 1
+        assert 0 <= metrics["model_0"]["accuracy"] <= 1
     assert workers(root) == []
 
 

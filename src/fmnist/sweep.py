@@ -171,7 +171,8 @@ def collect(names: Sequence[str], keys: Sequence[str], env: Mapping[str, str]) -
                 metrics = {}
                 for path, entry in (data.get("metrics") or {}).items():
                     if path.startswith(f"{MODEL_METRICS_DIR}/"):
-                        metrics[Path(path).stem] = entry.get("data", {})
+                        model = Path(path).stem  # each file nests its metrics under its model
+                        metrics[model] = entry.get("data", {}).get(model, {})
                 if rev["name"] in found:
                     raise PipelineError(f"`dvc exp show` lists experiment {rev['name']} twice")
                 found[rev["name"]] = ({key: _dig(params, key) for key in keys}, metrics)
