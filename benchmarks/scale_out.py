@@ -91,7 +91,7 @@ def time_training(repo: Path, processes: int) -> dict[str, object]:
     start = time.perf_counter()
     sh(sys.executable, "stages/train.py", "--model", "model_2", cwd=repo, env=env)
     wall = time.perf_counter() - start
-    timing = json.loads((repo / "metrics" / "train" / "model_2.json").read_text())
+    timing = json.loads((repo / "metrics" / "train" / "model_2.json").read_text())["model_2"]
     final = json.loads((repo / "models" / "model_2.json").read_text())["final"]
     return {
         "processes": processes,

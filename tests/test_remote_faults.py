@@ -206,3 +206,19 @@ def test_an_object_altered_in_the_store_is_never_checked_out(pushed, server, tmp
         client.put_object(Bucket=BUCKET, Key=victim, Body=original)
     run([str(BIN / "dvc"), "pull"], clone, server.credentials)
     assert snapshot(clone / "blobs") == expected
+
+
+def test_a_directory_remote_is_checked_created_by_the_first_push_and_pulled(origin, tmp_path):
+    clone = fresh_clone(origin, tmp_path / "clone")
+    folder = tmp_path / "shared-disk" / "fmnist-dvc"
+    for root in (origin, clone):
+        dvc("remote", "add", "--local", "--force", "--default", "disk", str(folder), cwd=root)
+    try:
+        check = remote_check(clone, {})
+        assert check.returncode == 0, check.stderr
+        assert check.stdout.startswith("DVC remote 'disk'") and "and empty" in check.stdout
+        dvc("push", cwd=origin)
+        dvc("pull", cwd=clone)
+        assert snapshot(clone / "blobs") == snapshot(origin / "blobs")
+    finally:
+        dvc("remote", "remove", "--local", "disk", cwd=origin)

@@ -384,9 +384,10 @@ def check_remote(name: str | None = None) -> str:
         try:
             fs.ls(top, detail=False)
         except FileNotFoundError:
-            what = "bucket" if top != remote.path else "folder"
+            if top == remote.path:  # a folder: DVC creates it on the first push
+                return f"DVC remote {label!r} ({url}) is reachable, and empty"
             raise PipelineError(
-                f"DVC remote {label!r} ({url}): {what} {top!r} does not exist; create it, "
+                f"DVC remote {label!r} ({url}): bucket {top!r} does not exist; create it, "
                 "or fix the URL"
             ) from None
         except (OSError, BotoCoreError) as exc:  # access errors, and an unreachable endpoint
