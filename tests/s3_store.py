@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +30,11 @@ class Server:
         """Start the server (on the store's ports and data, as before a kill) and wait for it."""
         self.pid = start_server(self.store, BUCKET).pid
 
+    def freeze(self) -> None:
+        """SIGSTOP the server: requests in flight hang, as with a machine that stopped dead."""
+        if self.pid is not None:
+            os.killpg(self.pid, signal.SIGSTOP)
+
     def kill(self) -> None:
         """SIGKILL the server, as a crash or a pulled plug would."""
         if self.pid is not None:
@@ -41,6 +48,18 @@ class Server:
             "AWS_ACCESS_KEY_ID": self.store.access_key,
             "AWS_SECRET_ACCESS_KEY": self.store.secret_key,
         }
+
+    def ensure_running(self) -> None:
+        """Start the server again if a test killed it and failed before restarting it."""
+        if self.pid is None:
+            self.start()
+
+    def has_objects(self) -> bool:
+        """Whether the bucket holds any cache object yet (one cheap request)."""
+        listed = s3_client(self.store).list_objects_v2(
+            Bucket=BUCKET, Prefix="dvc/files/md5/", MaxKeys=1
+        )
+        return listed.get("KeyCount", 0) > 0
 
     def object_keys(self) -> list[str]:
         """Every object key in the bucket."""

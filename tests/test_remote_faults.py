@@ -19,7 +19,7 @@ from fmnist.remote import s3_client
 from .s3_store import BUCKET, REMOTE, URL, Server, corrupt_cache_files, wait_for
 from .workflow_repo import BIN, dvc, git, run, run_unchecked
 
-N_FILES, FILE_BYTES = 300, 32 * 1024  # enough objects that a transfer is still going on at a kill
+N_FILES, FILE_BYTES = 600, 16 * 1024  # enough objects that a transfer is still going on at a kill
 TRANSFER_TIMEOUT_S = 180
 
 
@@ -90,16 +90,17 @@ def test_a_push_cut_by_a_server_crash_fails_clearly_and_succeeds_once_it_is_back
     before = snapshot(origin / "blobs")
     push = start_dvc(server, ["push", "-j", "2"], origin)
     try:
-        wait_for(lambda: objects_on_server(server) >= 5, 60, "the push to start")
+        wait_for(server.has_objects, 60, "the push to start")
+        server.freeze()  # at once, so that the push cannot finish before the kill
         server.kill()
     finally:
         code, output = finish(push)
+        server.ensure_running()
     assert code != 0, output
     assert "failed to push data to the cloud" in output or "Could not connect" in output, output
     assert corrupt_cache_files(origin) == []
     assert snapshot(origin / "blobs") == before
 
-    server.start()
     assert objects_on_server(server) < N_FILES  # the crash did cut the push short
     dvc("push", cwd=origin, env=server.credentials)
     assert objects_on_server(server) == N_FILES + 1  # every file, and the folder's listing
@@ -108,6 +109,7 @@ def test_a_push_cut_by_a_server_crash_fails_clearly_and_succeeds_once_it_is_back
 @pytest.fixture(scope="module")
 def pushed(origin, server) -> Path:
     """The origin with everything pushed (whatever the push test left)."""
+    server.ensure_running()
     dvc("push", cwd=origin, env=server.credentials)
     return origin
 
@@ -125,10 +127,12 @@ def test_a_pull_cut_by_a_server_crash_leaves_nothing_corrupt_and_succeeds_again(
     cache = clone / ".dvc" / "cache" / "files" / "md5"
     pull = start_dvc(server, ["pull", "-j", "2"], clone)
     try:
-        wait_for(lambda: len(list(cache.glob("*/*"))) >= 5, 60, "the pull to start")
+        wait_for(lambda: any(cache.glob("*/*")), 60, "the pull to start")
+        server.freeze()
         server.kill()
     finally:
         code, output = finish(pull)
+        server.ensure_running()
     assert code != 0, output
     assert "failed to pull data from the cloud" in output, output
     assert corrupt_cache_files(clone) == []
@@ -139,7 +143,6 @@ def test_a_pull_cut_by_a_server_crash_leaves_nothing_corrupt_and_succeeds_again(
         assert len(got) < N_FILES
         assert all(expected[name] == digest for name, digest in got.items())
 
-    server.start()
     dvc("pull", cwd=clone, env=server.credentials)
     assert snapshot(clone / "blobs") == expected
     assert json_status(clone) == {}
