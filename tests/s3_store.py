@@ -6,11 +6,8 @@ import contextlib
 import hashlib
 import os
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from fmnist.remote import Store, new_store, s3_client, start_server, stop_server
 
@@ -77,15 +74,6 @@ def running_server(root: Path) -> Iterator[Server]:
         yield server
     finally:
         server.kill()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `condition` every 20 ms until it holds, or fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def corrupt_cache_files(root: Path) -> list[Path]:

@@ -16,7 +16,8 @@ import pytest
 
 from fmnist.remote import s3_client
 
-from .s3_store import BUCKET, REMOTE, URL, Server, corrupt_cache_files, wait_for
+from .s3_store import BUCKET, REMOTE, URL, Server, corrupt_cache_files
+from .test_faults import wait_for
 from .workflow_repo import BIN, dvc, git, run, run_unchecked
 
 N_FILES, FILE_BYTES = 600, 16 * 1024  # enough objects that a transfer is still going on at a kill
@@ -90,7 +91,7 @@ def test_a_push_cut_by_a_server_crash_fails_clearly_and_succeeds_once_it_is_back
     before = snapshot(origin / "blobs")
     push = start_dvc(server, ["push", "-j", "2"], origin)
     try:
-        wait_for(server.has_objects, 60, "the push to start")
+        wait_for(server.has_objects, "the push to start")
         server.freeze()  # at once, so that the push cannot finish before the kill
         server.kill()
     finally:
@@ -127,7 +128,7 @@ def test_a_pull_cut_by_a_server_crash_leaves_nothing_corrupt_and_succeeds_again(
     cache = clone / ".dvc" / "cache" / "files" / "md5"
     pull = start_dvc(server, ["pull", "-j", "2"], clone)
     try:
-        wait_for(lambda: any(cache.glob("*/*")), 60, "the pull to start")
+        wait_for(lambda: any(cache.glob("*/*")), "the pull to start")
         server.freeze()
         server.kill()
     finally:

@@ -23,8 +23,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -195,17 +193,7 @@ def s3_client(store: Store) -> Any:
     )
 
 
-def _answers(url: str) -> bool:
-    try:
-        urllib.request.urlopen(url, timeout=2).close()
-    except urllib.error.HTTPError:
-        return True  # any HTTP answer, 403 included: the server is up
-    except OSError:
-        return False
-    return True
-
-
-def wait_until_ready(store: Store, process: subprocess.Popen | None, bucket: str) -> None:
+def wait_until_ready(store: Store, process: subprocess.Popen, bucket: str) -> None:
     """Wait until the store answers and takes a write into `bucket` (created if missing)."""
     # SeaweedFS answers S3 requests a moment before its volume server has registered, and a
     # write in that moment fails: the store is ready once a test object goes in.
@@ -214,21 +202,20 @@ def wait_until_ready(store: Store, process: subprocess.Popen | None, bucket: str
     deadline = time.monotonic() + START_TIMEOUT_S
     last_error = "no answer"
     while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
+        if process.poll() is not None:
             raise PipelineError(
                 f"SeaweedFS exited with status {process.returncode} while starting; "
                 f"see {store.log_file}"
             )
-        if _answers(store.endpoint):
-            client = s3_client(store)
-            try:
-                with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
-                    client.create_bucket(Bucket=bucket)
-                client.put_object(Bucket=bucket, Key=".ready", Body=b"")
-                client.delete_object(Bucket=bucket, Key=".ready")
-                return
-            except (BotoCoreError, ClientError) as exc:  # not ready yet: try again
-                last_error = str(exc)
+        client = s3_client(store)
+        try:
+            with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+                client.create_bucket(Bucket=bucket)
+            client.put_object(Bucket=bucket, Key=".ready", Body=b"")
+            client.delete_object(Bucket=bucket, Key=".ready")
+            return
+        except (BotoCoreError, ClientError) as exc:  # not answering, or not ready: try again
+            last_error = str(exc)
         time.sleep(0.25)
     raise PipelineError(
         f"SeaweedFS did not become ready on {store.endpoint} within {START_TIMEOUT_S:.0f} s "
@@ -356,8 +343,6 @@ def _remote_error(name: str, url: str, exc: BaseException) -> str:
             f"`dvc remote modify --local {name} access_key_id ...` and `secret_access_key`, "
             "or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
         )
-    elif "NoSuchBucket" in text or isinstance(exc, FileNotFoundError):
-        why = "the bucket or folder does not exist; create it, or fix the URL"
     elif "connect" in text.lower() or isinstance(exc, ConnectionError | TimeoutError):
         why = f"cannot connect ({exc}); is the store running, and is endpointurl right?"
     else:
