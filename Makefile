@@ -43,7 +43,7 @@ repro: setup data-package ## Run the whole DVC pipeline (only what changed re-ru
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro $(REPRO_FLAGS)
 
 plots: setup ## Render the plots into dvc_plots/index.html for offline viewing (REVS=main compares)
-	$(BIN)/python -m fmnist.render_plots $(REVS)
+	$(BIN)/python -m fmnist.tools.plots_page $(REVS)
 
 test: setup ## Run the test suite (offline, tiny generated data)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
@@ -60,22 +60,22 @@ format: setup ## Fix lint and formatting where ruff can
 	$(BIN)/ruff format .
 
 storage: setup ## Start a local S3 store (SeaweedFS, 127.0.0.1) and make it the --local default remote
-	$(BIN)/python -m fmnist.remote start
+	$(BIN)/python -m fmnist.tools.remote start
 
 storage-stop: setup ## Stop the local S3 store (its data stays in .storage/)
-	$(BIN)/python -m fmnist.remote stop
+	$(BIN)/python -m fmnist.tools.remote stop
 
 remote-check: setup ## Check that the default DVC remote answers to its credentials
-	$(BIN)/python -m fmnist.remote check
+	$(BIN)/python -m fmnist.tools.remote check
 
 push: setup ## Push outputs and run-cache (with what restoring each run needs) to the default remote
-	$(BIN)/python -m fmnist.remote push
+	$(BIN)/python -m fmnist.tools.remote push
 
 pull: remote-check ## Pull outputs and run-cache from the default remote
 	$(BIN)/dvc pull --run-cache
 
 lock-check: setup ## Fail if dvc.lock does not match the committed code and params
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m fmnist.lockcheck
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m fmnist.tools.lockcheck
 
 clean: ## Remove the virtual environment and caches (keeps data and DVC's cache)
 	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info tests/actionlint/node_modules

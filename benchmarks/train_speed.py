@@ -17,8 +17,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from fmnist.atomic import write_json
-from fmnist.params import load_params
+from fmnist.pipeline.atomic import write_json
+from fmnist.pipeline.params import COMPUTE_DTYPES, load_params
 
 log = logging.getLogger("fmnist.benchmark")
 
@@ -31,7 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, help="override every model's epochs")
     parser.add_argument("--data-root", default="data", help="folder holding FashionMNIST/raw")
     parser.add_argument("--device", help="override runtime.device for the project's engine")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="override precision")
+    parser.add_argument(
+        "--compute-dtype", choices=COMPUTE_DTYPES, help="override every model's compute dtype"
+    )
     parser.add_argument("--output", help="write the report as JSON here too")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -42,22 +44,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.epochs is not None:
         if args.epochs <= 0:
             parser.error("--epochs must be > 0")
-        models = [dataclasses.replace(hp, epochs=args.epochs) for hp in models]
-    if args.precision is not None:
-        models = [dataclasses.replace(hp, precision=args.precision) for hp in models]
+        models = [dataclasses.replace(m, epochs=args.epochs) for m in models]
+    if args.compute_dtype is not None:
+        models = [dataclasses.replace(m, compute_dtype=args.compute_dtype) for m in models]
 
-    from fmnist import benchmark
-    from fmnist.runtime import resolve_device
+    from fmnist.pipeline.runtime import resolve_device
+    from fmnist.tools import benchmark
 
     device = resolve_device(args.device or params.runtime.device)
     lesson_data = benchmark.lesson_datasets(args.data_root)
     splits = benchmark.splits_from(lesson_data)
     results = []
-    for hp in models:
-        log.info("%s: %d epochs, engine on %s, then lesson loop", hp.name, hp.epochs, device)
+    for model_params in models:
+        name, epochs = model_params.name, model_params.epochs
+        log.info("%s: %d epochs, engine on %s, then lesson loop", name, epochs, device)
         results.append(
             benchmark.compare_model(
-                hp,
+                model_params,
                 lesson_data,
                 splits,
                 seed=params.runtime.seed,
@@ -66,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 threads=params.runtime.threads,
             )
         )
-        log.info("%s: %.1fx faster", hp.name, results[-1]["speedup"])
+        log.info("%s: %.1fx faster", model_params.name, results[-1]["speedup"])
     report = {"environment": benchmark.environment(device), "models": results}
     if args.output:
         write_json(args.output, report)

@@ -3,19 +3,13 @@
 import logging
 from collections.abc import Sequence
 
-from fmnist import paths
-from fmnist.cli import entry_point, stage_parser
-from fmnist.compare import (
-    confusion_counts,
-    join_curves,
-    load_classes,
-    load_metrics,
-    load_predictions,
-    write_csv,
-)
-from fmnist.idx import read_idx
-from fmnist.params import load_params
-from fmnist.plots import accuracy_bars, confusion_png, prediction_grid, sample_grid
+from fmnist.pipeline import paths
+from fmnist.pipeline.classes import confusion_counts, load_classes
+from fmnist.pipeline.cli import entry_point, stage_parser
+from fmnist.pipeline.comparison import join_curves, load_metrics, load_predictions, write_csv
+from fmnist.pipeline.figures import accuracy_bars, confusion_png, prediction_grid, sample_grid
+from fmnist.pipeline.idx import read_split
+from fmnist.pipeline.params import load_params
 
 log = logging.getLogger("fmnist.compare")
 
@@ -27,15 +21,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     seed = params.runtime.seed
     table = load_metrics(paths.MODEL_METRICS_DIR, paths.TRAIN_METRICS_DIR, list(params.models))
     # Every input is read before anything is written, so a failure leaves the outputs alone.
-    classes = load_classes(paths.PREPARED_DIR / paths.CLASSES_FILE)
-    train_images = read_idx(paths.RAW_DIR / "train-images-idx3-ubyte")
-    train_labels = read_idx(paths.RAW_DIR / "train-labels-idx1-ubyte")
-    test_images = read_idx(paths.RAW_DIR / "t10k-images-idx3-ubyte")
+    classes = load_classes(paths.PREPARED_DIR)
+    train_images, train_labels = read_split(paths.RAW_DIR, "train")
+    test_images, _ = read_split(paths.RAW_DIR, "test")
     predictions = {
         name: load_predictions(paths.PREDICTIONS_DIR / f"{name}.csv", classes, len(test_images))
         for name in table["model"]
     }
-    labels = {name: hp.label for name, hp in params.models.items()}
+    labels = {name: model.label for name, model in params.models.items()}
     epochs, steps = join_curves(paths.CURVES_DIR, paths.STEPS_DIR, labels)
 
     write_csv(table, paths.COMPARISON_CSV)

@@ -3,10 +3,10 @@
 import logging
 from collections.abc import Sequence
 
-from fmnist.cli import entry_point, stage_parser
-from fmnist.download import fetch_dataset
-from fmnist.params import load_params
-from fmnist.paths import RAW_DIR
+from fmnist.pipeline.cli import entry_point, stage_parser
+from fmnist.pipeline.download import fetch_dataset
+from fmnist.pipeline.params import load_params
+from fmnist.pipeline.paths import RAW_DIR
 
 log = logging.getLogger("fmnist.download")
 

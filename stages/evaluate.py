@@ -3,22 +3,22 @@
 import logging
 from collections.abc import Sequence
 
-from fmnist import paths
-from fmnist.atomic import write_json
-from fmnist.checkpoint import load_checkpoint
-from fmnist.cli import entry_point, stage_parser
-from fmnist.data import load_split
-from fmnist.evaluation import (
+from fmnist.pipeline import paths
+from fmnist.pipeline.atomic import write_json
+from fmnist.pipeline.checkpoint import load_checkpoint
+from fmnist.pipeline.cli import entry_point, stage_parser
+from fmnist.pipeline.data import load_split
+from fmnist.pipeline.evaluation import (
     check_reproduces,
-    evaluate_model,
     metrics_record,
+    score_test_set,
     write_confusion,
     write_per_class,
     write_predictions,
 )
-from fmnist.models import count_parameters
-from fmnist.params import load_params
-from fmnist.runtime import cpu_threads, place_model, resolve_device
+from fmnist.pipeline.models import count_parameters
+from fmnist.pipeline.params import load_params
+from fmnist.pipeline.runtime import cpu_threads, place_model, resolve_device
 
 log = logging.getLogger("fmnist.evaluate")
 
@@ -27,40 +27,40 @@ log = logging.getLogger("fmnist.evaluate")
 def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__, model=True).parse_args(argv)
     params = load_params(args.params)
-    hp = params.model(args.model)
-    name = hp.name
+    model_params = params.model(args.model)
+    name = model_params.name
     device = resolve_device(params.runtime.device)
     # The sidecar must describe the model params.yaml configures, or this is a stale file.
-    model, meta = load_checkpoint(paths.weights_path(name), expected=hp)
+    model, meta = load_checkpoint(paths.weights_path(name), expected=model_params)
     model = place_model(model, device)
     test = load_split(paths.PREPARED_DIR, "test")
     classes = meta["classes"]
 
-    # Scored in the precision the model was trained in, so that it reproduces training's record.
-    precision = meta["hyperparameters"]["precision"]
+    # Scored in the dtype the model was trained in, so that it reproduces training's record.
+    compute_dtype = meta["hyperparameters"]["compute_dtype"]
     with cpu_threads(params.runtime.threads, model):
-        evaluation = evaluate_model(
-            model, test, len(classes), device, params.eval.batch_size, precision
+        scorecard = score_test_set(
+            model, test, len(classes), device, params.eval.batch_size, compute_dtype
         )
-    check_reproduces(name, evaluation, meta["final"])
-    record = metrics_record(name, meta, evaluation, count_parameters(model), device)
+    check_reproduces(name, scorecard, meta["final"])
+    record = metrics_record(name, meta, scorecard, count_parameters(model), device)
     write_json(paths.MODEL_METRICS_DIR / f"{name}.json", record)
-    write_per_class(evaluation, classes, paths.PER_CLASS_DIR / f"{name}.csv")
-    write_confusion(evaluation, classes, paths.CONFUSION_DIR / f"{name}.csv")
-    write_predictions(evaluation, test.labels, classes, paths.PREDICTIONS_DIR / f"{name}.csv")
+    write_per_class(scorecard, classes, paths.PER_CLASS_DIR / f"{name}.csv")
+    write_confusion(scorecard, classes, paths.CONFUSION_DIR / f"{name}.csv")
+    write_predictions(scorecard, test.labels, classes, paths.PREDICTIONS_DIR / f"{name}.csv")
 
     log.info(
         "read %s (%s, %s) and %d test images",
         paths.weights_path(name),
         meta["arch"],
-        precision,
+        compute_dtype,
         len(test),
     )
     log.info(
         "%s: test loss %.4f, accuracy %.2f%%; wrote %s, %s, %s and %s",
         name,
-        evaluation.loss,
-        100 * evaluation.accuracy,
+        scorecard.loss,
+        100 * scorecard.accuracy,
         paths.MODEL_METRICS_DIR / f"{name}.json",
         paths.PER_CLASS_DIR / f"{name}.csv",
         paths.CONFUSION_DIR / f"{name}.csv",

@@ -3,10 +3,10 @@
 import logging
 from collections.abc import Sequence
 
-from fmnist.cli import entry_point, stage_parser
-from fmnist.data import read_raw, save_prepared, write_class_counts
-from fmnist.params import load_params
-from fmnist.paths import CLASS_COUNTS_CSV, DATA_ROOT, PREPARED_DIR, RAW_DIR
+from fmnist.pipeline.cli import entry_point, stage_parser
+from fmnist.pipeline.data import read_raw, save_prepared, write_class_counts
+from fmnist.pipeline.params import load_params
+from fmnist.pipeline.paths import CLASS_COUNTS_CSV, PREPARED_DIR, RAW_DIR
 
 log = logging.getLogger("fmnist.prepare")
 
@@ -15,7 +15,7 @@ log = logging.getLogger("fmnist.prepare")
 def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__).parse_args(argv)
     load_params(args.params)  # nothing here is configurable, but bad params fail before work
-    splits, classes = read_raw(DATA_ROOT)
+    splits, classes = read_raw(RAW_DIR)
     save_prepared(splits, classes, PREPARED_DIR)
     write_class_counts(splits, classes, CLASS_COUNTS_CSV)
     sizes = ", ".join(f"{name}: {len(split)} images" for name, split in splits.items())

@@ -17,14 +17,15 @@ import numpy as np
 import pytest
 import yaml
 
+from fmnist.pipeline.paths import IDX_FILES
+
 from .s3_store import Server, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
 IDX_NAMES = {
-    ("train", "images"): "train-images-idx3-ubyte",
-    ("train", "labels"): "train-labels-idx1-ubyte",
-    ("test", "images"): "t10k-images-idx3-ubyte",
-    ("test", "labels"): "t10k-labels-idx1-ubyte",
+    (split, kind): name
+    for split, names in IDX_FILES.items()
+    for kind, name in zip(("images", "labels"), names, strict=True)
 }
 N_TRAIN, N_TEST = 240, 60
 
@@ -78,7 +79,7 @@ def tiny_params(tiny: TinyData, **model_overrides: dict) -> dict:
             "lr": 0.1,
             "epochs": 2,
             "batch_size": 16,
-            "precision": "fp32",
+            "compute_dtype": "fp32",
         },
         "model_1": {
             "arch": "linear_relu",
@@ -86,7 +87,7 @@ def tiny_params(tiny: TinyData, **model_overrides: dict) -> dict:
             "lr": 0.1,
             "epochs": 2,
             "batch_size": 16,
-            "precision": "fp32",
+            "compute_dtype": "fp32",
         },
         "model_2": {
             "arch": "tinyvgg",
@@ -94,7 +95,7 @@ def tiny_params(tiny: TinyData, **model_overrides: dict) -> dict:
             "lr": 0.1,
             "epochs": 2,
             "batch_size": 16,
-            "precision": "fp32",
+            "compute_dtype": "fp32",
         },
     }
     for name, changes in model_overrides.items():

@@ -9,7 +9,7 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-from fmnist.remote import Store, new_store, s3_client, start_server, stop_server
+from fmnist.tools.remote import Store, new_store, s3_client, start_server, stop_server
 
 BUCKET = "team"
 REMOTE = "shared"

@@ -78,7 +78,7 @@ def test_all_metrics_diff_compares_every_model(repo):
 
 def _report(repo: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "fmnist.report", "--base", "main", *args],
+        [sys.executable, "-m", "fmnist.tools.change_report", "--base", "main", *args],
         cwd=repo,
         capture_output=True,
         text=True,
@@ -87,7 +87,8 @@ def _report(repo: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_report_has_both_diffs_as_markdown_and_the_charts(repo):
-    run([sys.executable, "-m", "fmnist.report", "--base", "main", "--out", "report.md"], repo)
+    report_command = [sys.executable, "-m", "fmnist.tools.change_report"]
+    run([*report_command, "--base", "main", "--out", "report.md"], repo)
     report = (repo / "report.md").read_text()
     results = report.split("## Results")[1].split("## Test accuracy")[0]
     accuracy = report.split("## Test accuracy against `main`")[1].split("## Metrics")[0]
@@ -148,7 +149,8 @@ def test_the_gate_passes_a_drop_within_the_threshold(repo, tiny_data):
 
 
 def test_report_against_its_own_commit_says_nothing_changed(repo):
-    report = run([sys.executable, "-m", "fmnist.report", "--base", "HEAD", "--no-images"], repo)
+    command = [sys.executable, "-m", "fmnist.tools.change_report", "--base", "HEAD", "--no-images"]
+    report = run(command, repo)
     assert "No metric changed from `HEAD`." in report
     assert "No param changed from `HEAD`." in report
     assert "![" not in report
@@ -166,7 +168,7 @@ def test_plots_diff_overlays_both_branches_in_charts_that_read_at_a_glance(repo)
 
 
 def test_offline_plots_page_compares_the_branches(repo):
-    run([sys.executable, "-m", "fmnist.render_plots", "main"], repo)
+    run([sys.executable, "-m", "fmnist.tools.plots_page", "main"], repo)
     page = (repo / "dvc_plots" / "index.html").read_text()
     assert "<h1>DVC plots: workspace, main</h1>" in page
     # Each image once per revision; each chart draws both.

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fmnist.checkpoint import load_checkpoint, save_checkpoint, sidecar_path
-from fmnist.errors import PipelineError
-from fmnist.models import build_model
-from fmnist.params import ModelParams
+from fmnist.pipeline.checkpoint import load_checkpoint, save_checkpoint, sidecar_path
+from fmnist.pipeline.errors import PipelineError
+from fmnist.pipeline.models import build_model
+from fmnist.pipeline.params import ModelParams
 
 from .conftest import ROOT
 
@@ -31,8 +31,19 @@ def test_round_trip_gives_the_same_model(tmp_path):
     with torch.inference_mode():
         assert torch.equal(model(x), loaded(x))
     assert meta["model"] == "m" and meta["arch"] == "tinyvgg"
-    assert json.loads(sidecar_path(weights).read_text())["format"] == 1
+    assert json.loads(sidecar_path(weights).read_text())["format"] == 2
     assert sorted(p.name for p in weights.parent.iterdir()) == ["m.json", "m.pth"]
+
+
+def test_a_format_1_sidecar_still_loads_with_its_dtype_renamed(tmp_path):
+    model = build_model("tinyvgg", 4)
+    weights = tmp_path / "m.pth"
+    save_checkpoint(model, weights, {**META, "hyperparameters": {"compute_dtype": "bf16"}})
+    old = json.loads(sidecar_path(weights).read_text())
+    old.update(format=1, hyperparameters={"precision": "bf16"})
+    sidecar_path(weights).write_text(json.dumps(old))
+    _, meta = load_checkpoint(weights)
+    assert meta["hyperparameters"] == {"compute_dtype": "bf16"}
 
 
 def test_same_weights_give_the_same_bytes(tmp_path):
@@ -46,7 +57,7 @@ def test_same_weights_give_the_same_bytes(tmp_path):
 def test_shapes_that_do_not_fit_the_sidecar_are_rejected(tmp_path):
     weights = tmp_path / "m.pth"
     save_checkpoint(build_model("tinyvgg", 4), weights, META)
-    sidecar_path(weights).write_text(json.dumps({**META, "format": 1, "hidden_units": 8}))
+    sidecar_path(weights).write_text(json.dumps({**META, "format": 2, "hidden_units": 8}))
     with pytest.raises(PipelineError, match="do not fit a tinyvgg model with hidden_units=8: size"):
         load_checkpoint(weights)
 
@@ -73,7 +84,7 @@ def test_a_malicious_pickle_is_never_executed(tmp_path):
     marker = tmp_path / "pwned"
     weights = tmp_path / "evil.pth"
     torch.save({"layer_stack.1.weight": _Exploit(marker)}, weights)
-    sidecar_path(weights).write_text(json.dumps({**META, "format": 1}))
+    sidecar_path(weights).write_text(json.dumps({**META, "format": 2}))
     with pytest.raises(PipelineError, match="not a loadable weights file"):
         load_checkpoint(weights)
     assert not marker.exists()
@@ -82,7 +93,7 @@ def test_a_malicious_pickle_is_never_executed(tmp_path):
     assert marker.exists()
 
 
-@pytest.mark.parametrize("sidecar", ["[1, 2]", '{"format": 1, "arch": "linear"}', "{not json"])
+@pytest.mark.parametrize("sidecar", ["[1, 2]", '{"format": 2, "arch": "linear"}', "{not json"])
 def test_a_bad_sidecar_is_rejected(tmp_path, sidecar):
     weights = tmp_path / "m.pth"
     save_checkpoint(
@@ -135,7 +146,7 @@ def test_no_kind_of_malicious_file_is_ever_executed(tmp_path, craft):
     weights = tmp_path / "evil.pth"
     craft(weights, marker)
     sidecar_path(weights).write_text(
-        json.dumps({**META, "format": 1, "arch": "linear", "hidden_units": 4})
+        json.dumps({**META, "format": 2, "arch": "linear", "hidden_units": 4})
     )
     with pytest.raises(PipelineError) as info:
         load_checkpoint(weights)
@@ -160,7 +171,7 @@ def test_an_empty_file_or_a_directory_is_rejected(tmp_path, content, reason):
         weights.mkdir()
     else:
         weights.write_bytes(content)
-    sidecar_path(weights).write_text(json.dumps({**META, "format": 1}))
+    sidecar_path(weights).write_text(json.dumps({**META, "format": 2}))
     with pytest.raises(PipelineError, match=re.escape(f"{weights}: {reason}")):
         load_checkpoint(weights)
 
@@ -168,8 +179,8 @@ def test_an_empty_file_or_a_directory_is_rejected(tmp_path, content, reason):
 def test_a_file_holding_a_tensor_not_a_state_dict_is_rejected(tmp_path):
     weights = tmp_path / "m.pth"
     torch.save(torch.zeros(3), weights)
-    sidecar_path(weights).write_text(json.dumps({**META, "format": 1}))
-    with pytest.raises(PipelineError, match="weights do not fit a tinyvgg model"):
+    sidecar_path(weights).write_text(json.dumps({**META, "format": 2}))
+    with pytest.raises(PipelineError, match=r"not a state_dict \(it holds a Tensor\)"):
         load_checkpoint(weights)
 
 
@@ -185,24 +196,24 @@ def test_a_file_holding_a_tensor_not_a_state_dict_is_rejected(tmp_path):
 def test_a_sidecar_describing_an_impossible_model_is_rejected(tmp_path, key, value, message):
     weights = tmp_path / "m.pth"
     save_checkpoint(build_model("tinyvgg", 4), weights, META)
-    sidecar_path(weights).write_text(json.dumps({**META, "format": 1, key: value}))
+    sidecar_path(weights).write_text(json.dumps({**META, "format": 2, key: value}))
     with pytest.raises(PipelineError, match=re.escape(f"{sidecar_path(weights)}: {message}")):
         load_checkpoint(weights)
 
 
-def _hp(**changes) -> ModelParams:
-    fields = {"name": "model_2", "arch": "tinyvgg", "hidden_units": 4, "lr": 0.1}
-    return ModelParams(**{**fields, "epochs": 1, "batch_size": 8, "precision": "fp32", **changes})
+def _model_params(**changes) -> ModelParams:
+    fields = {"name": "model_2", "arch": "tinyvgg", "hidden_units": 4, "lr": 0.1, "epochs": 1}
+    return ModelParams(**{**fields, "batch_size": 8, "compute_dtype": "fp32", **changes})
 
 
 def test_weights_that_do_not_match_params_are_refused_before_loading(tmp_path):
     weights = tmp_path / "model_2.pth"
     save_checkpoint(build_model("tinyvgg", 4), weights, META)
-    model, _ = load_checkpoint(weights, expected=_hp())
+    model, _ = load_checkpoint(weights, expected=_model_params())
     assert isinstance(model, type(build_model("tinyvgg", 4)))
 
     with pytest.raises(PipelineError) as info:
-        load_checkpoint(weights, expected=_hp(arch="linear", hidden_units=10))
+        load_checkpoint(weights, expected=_model_params(arch="linear", hidden_units=10))
     assert str(info.value) == (
         f"{sidecar_path(weights)}: the weights were trained with arch='tinyvgg', "
         "hidden_units=4, but params.yaml has models.model_2.arch='linear', "
@@ -212,7 +223,7 @@ def test_weights_that_do_not_match_params_are_refused_before_loading(tmp_path):
     marker = tmp_path / "pwned"
     _raw_pickle(weights, marker)
     with pytest.raises(PipelineError, match=r"params\.yaml has models\.model_2\.hidden_units=8"):
-        load_checkpoint(weights, expected=_hp(hidden_units=8))
+        load_checkpoint(weights, expected=_model_params(hidden_units=8))
     assert not marker.exists()
 
 
@@ -254,6 +265,6 @@ def test_every_torch_load_in_the_code_refuses_pickled_code():
             )
             found[f"{path.relative_to(ROOT)}:{call.lineno}"] = ok
     # checkpoint.py and data.py load files: a scan that finds nothing is a broken scan.
-    assert any(key.startswith("src/fmnist/checkpoint.py") for key in found)
-    assert any(key.startswith("src/fmnist/data.py") for key in found)
+    assert any(key.startswith("src/fmnist/pipeline/checkpoint.py") for key in found)
+    assert any(key.startswith("src/fmnist/pipeline/data.py") for key in found)
     assert [where for where, ok in found.items() if not ok] == []

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
 import subprocess
+from importlib.metadata import entry_points
 
 import pytest
 import yaml
@@ -61,8 +61,8 @@ def test_steps_install_lint_test_check_the_lock_pull_run_push_then_report():
         index_of(r"dvc remote add --local --default"),
         index_of(r"dvc pull --run-cache"),
         index_of(r"\bmake repro\b"),
-        index_of(r"python -m fmnist\.remote push"),
-        index_of(r"python -m fmnist\.report .*--out report\.md"),
+        index_of(r"\bfmnist-remote push"),
+        index_of(r"\bfmnist-report .*--out report\.md"),
         index_of(r"cml comment create report\.md"),
     ]
     assert order == sorted(order)
@@ -76,13 +76,13 @@ def test_the_remote_comes_from_secrets_and_is_used_only_when_they_name_one():
     assert JOB["env"]["DVC_REMOTE_URL"] == "${{ secrets.DVC_REMOTE_URL }}"
     configure = STEPS[index_of(r"dvc remote add")]
     pull = STEPS[index_of(r"dvc pull")]
-    push = STEPS[index_of(r"fmnist\.remote push")]
+    push = STEPS[index_of(r"\bfmnist-remote push")]
     for step in (configure, pull, push):
         assert step["if"].startswith(REMOTE_SET)
         # Credentials reach DVC through the environment, never through a committed file.
         assert step["env"]["AWS_SECRET_ACCESS_KEY"] == "${{ secrets.AWS_SECRET_ACCESS_KEY }}"
     assert "--local" in configure["run"] and "verify true" in configure["run"]
-    assert "python -m fmnist.remote check" in configure["run"]
+    assert "fmnist-remote check" in configure["run"]
     assert "--allow-missing" in pull["run"]
     # Only main's results are shared; a pull request's stay in its own run.
     assert "github.ref == 'refs/heads/main'" in push["if"]
@@ -93,7 +93,7 @@ def test_the_remote_comes_from_secrets_and_is_used_only_when_they_name_one():
 
 
 def test_the_report_is_for_pull_requests_against_their_base_branch():
-    report_steps = [s for s in STEPS if "fmnist.report" in s.get("run", "")]
+    report_steps = [s for s in STEPS if "fmnist-report" in s.get("run", "")]
     publish = STEPS[index_of(r"cml comment create")]
     for step in [*report_steps, publish, step_using("iterative/setup-cml")]:
         assert step["if"] == PR_ONLY
@@ -106,20 +106,21 @@ def test_the_report_is_for_pull_requests_against_their_base_branch():
 
 
 def test_the_accuracy_gate_runs_last_on_pull_requests():
-    gate = STEPS[index_of(r"fmnist\.report .*--fail-on-regression")]
+    gate = STEPS[index_of(r"\bfmnist-report .*--fail-on-regression")]
     assert gate is STEPS[-1] and gate["if"] == PR_ONLY
     assert STEPS.index(gate) > index_of(r"cml comment create")
 
 
-def test_make_targets_and_modules_it_calls_exist():
+def test_make_targets_and_commands_it_calls_exist():
     makefile = (ROOT / "Makefile").read_text()
     targets = set(re.findall(r"^([a-z-]+):", makefile, flags=re.MULTILINE))
     called = {t for script in runs() for t in re.findall(r"\bmake ([a-z-]+)", script)}
     assert called and called <= targets
-    modules = {m for script in runs() for m in re.findall(r"python -m ([\w.]+)", script)}
-    assert modules == {"fmnist.report", "fmnist.remote"}
-    for module in modules:
-        assert importlib.util.find_spec(module) is not None
+    commands = {c for script in runs() for c in re.findall(r"\b(fmnist-[a-z-]+)", script)}
+    assert commands == {"fmnist-report", "fmnist-remote"}
+    installed = {ep.name: ep for ep in entry_points(group="console_scripts")}
+    for command in commands:
+        assert callable(installed[command].load())  # what `make setup` put on PATH
 
 
 def test_run_scripts_are_valid_bash():

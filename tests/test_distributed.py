@@ -18,7 +18,7 @@ import psutil
 import pytest
 import torch
 
-from fmnist.engine import Shard
+from fmnist.pipeline.engine import Shard
 
 from .conftest import ROOT, load_stage, tiny_params, write_params
 from .test_faults import temp_files, wait_for

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from fmnist.download import DownloadError, fetch_dataset, fetch_file
+from fmnist.pipeline.download import DownloadError, fetch_dataset, fetch_file
 
 from . import faulty_http
 from .conftest import ROOT, load_stage, tiny_params, write_params

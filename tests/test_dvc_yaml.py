@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fmnist import paths
+from fmnist.pipeline import paths
 
 from .conftest import ROOT
 
@@ -19,27 +19,32 @@ SRC = ROOT / "src"
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
+def _module_file(module: str) -> Path:
+    return SRC / (module.replace(".", "/") + ".py")
+
+
 def _fmnist_imports(path: Path) -> set[str]:
-    """fmnist modules a file imports anywhere (top level or inside functions)."""
+    """fmnist modules a file imports anywhere (top level or inside functions), packages aside."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module == "fmnist":
-            found |= {f"fmnist.{a.name}" for a in node.names}  # from fmnist import paths
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fmnist."):
-            found.add(node.module)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "fmnist":
+            for alias in node.names:  # `from fmnist.pipeline import paths` imports a module
+                module = f"{node.module}.{alias.name}"
+                found.add(module if _module_file(module).exists() else node.module)
         elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("fmnist.")}
-    return found
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "fmnist"}
+    return {module for module in found if _module_file(module).exists()}
 
 
 def _closure(script: Path) -> set[str]:
+    """Every fmnist module a script imports, directly or through other modules, as src/ paths."""
     seen: set[str] = set()
     todo = list(_fmnist_imports(script))
     while todo:
         module = todo.pop()
         if module not in seen:
             seen.add(module)
-            todo += _fmnist_imports(SRC / (module.replace(".", "/") + ".py"))
+            todo += _fmnist_imports(_module_file(module))
     return {f"src/{m.replace('.', '/')}.py" for m in seen}
 
 
@@ -52,6 +57,33 @@ def test_deps_list_the_script_and_exactly_the_library_modules_it_uses(stage):
     assert script in declared
     library = {dep for dep in declared if dep.startswith("src/")}
     assert library == _closure(ROOT / script)
+
+
+PIPELINE = SRC / "fmnist" / "pipeline"
+TOOLS = SRC / "fmnist" / "tools"
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_no_stage_imports_a_tool(stage):
+    # A tool (predict, the report, the plots page...) is no stage's dependency, so editing one
+    # never re-runs the pipeline.
+    used = _closure(ROOT / "stages" / f"{stage}.py")
+    assert all(dep.startswith("src/fmnist/pipeline/") for dep in used), used
+
+
+def test_the_pipeline_library_never_imports_the_tools():
+    for module in PIPELINE.glob("*.py"):
+        imported = _fmnist_imports(module)
+        assert not [m for m in imported if not m.startswith("fmnist.pipeline.")], module.name
+    tools = {path.stem for path in TOOLS.glob("*.py")} - {"__init__"}
+    assert {"predict", "change_report", "plots_page", "benchmark"} <= tools
+
+
+def test_package_init_files_hold_no_code():
+    # They run on every import but are no stage's declared dependency: a docstring alone.
+    for init in (SRC / "fmnist" / "__init__.py", PIPELINE / "__init__.py", TOOLS / "__init__.py"):
+        body = ast.parse(init.read_text()).body
+        assert len(body) == 1 and isinstance(body[0], ast.Expr), init
 
 
 def test_outputs_match_the_library_paths():
@@ -93,7 +125,7 @@ IMPORT_CHECK = """
 import importlib.util, json, sys
 spec = importlib.util.spec_from_file_location("stage", sys.argv[1])
 spec.loader.exec_module(importlib.util.module_from_spec(spec))
-print(json.dumps(sorted(m for m in sys.modules if "." not in m)))
+print(json.dumps(sorted(m for m in sys.modules if "." not in m or m.startswith("fmnist."))))
 """
 
 
@@ -114,7 +146,9 @@ def test_stages_import_only_what_they_need(stage, forbidden):
         text=True,
         check=True,
     ).stdout
-    assert forbidden.isdisjoint(json.loads(out))
+    loaded = json.loads(out)
+    assert forbidden.isdisjoint(loaded)
+    assert not [m for m in loaded if m.startswith("fmnist.tools")]
 
 
 def test_every_model_is_a_registered_artifact_with_its_weights():

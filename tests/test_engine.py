@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from fmnist.engine import SGD, epoch_batches, evaluate, train_one_epoch
-from fmnist.models import build_model
+from fmnist.pipeline.engine import SGD, epoch_batches, score, train_one_epoch
+from fmnist.pipeline.models import build_model
 
 
 @pytest.mark.parametrize(("n", "batch_size"), [(100, 32), (96, 32), (10, 32), (7, 1)])
@@ -68,7 +68,7 @@ def test_train_one_epoch_reports_mean_loss_and_accuracy():
     model = build_model("linear", 4)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the model stays fixed
     result = train_one_epoch(model, x, y, epoch_batches(40, 16, torch.Generator()), optimizer)
-    expected = evaluate(model, x, y, batch_size=40)
+    expected = score(model, x, y, batch_size=40)
     assert result["loss"] == pytest.approx(expected["loss"], rel=1e-5)
     assert result["accuracy"] == expected["accuracy"]
     # One loss per step (batches of 16, 16 and 8), whose weighted mean is the epoch's loss.
@@ -80,7 +80,7 @@ def test_train_one_epoch_reports_mean_loss_and_accuracy():
 def test_evaluate_does_not_depend_on_batch_size():
     x, y = _images(53)
     model = build_model("tinyvgg", 4)
-    small, large = evaluate(model, x, y, 7), evaluate(model, x, y, 1000)
+    small, large = score(model, x, y, 7), score(model, x, y, 1000)
     assert small["loss"] == pytest.approx(large["loss"], rel=1e-5)
     assert small["accuracy"] == large["accuracy"]
     assert 0 <= small["accuracy"] <= 1
@@ -104,8 +104,9 @@ def test_our_sgd_gives_torch_optim_sgds_weights_bit_for_bit(arch):
 def test_training_does_not_import_torch_dynamo():
     # torch.optim's first call imports torch._dynamo: over a second of every train stage.
     code = (
-        "import sys, torch; from fmnist.engine import SGD, epoch_batches, train_one_epoch; "
-        "from fmnist.models import build_model; m = build_model('linear', 4); "
+        "import sys, torch; "
+        "from fmnist.pipeline.engine import SGD, epoch_batches, train_one_epoch; "
+        "from fmnist.pipeline.models import build_model; m = build_model('linear', 4); "
         "x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,)); "
         "batches = epoch_batches(8, 4, torch.Generator()); "
         "train_one_epoch(m, x, y, batches, SGD(m.parameters(), 0.1)); "

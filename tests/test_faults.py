@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fmnist.atomic import remove_stale_temps, write_text
-from fmnist.download import CHUNK
+from fmnist.pipeline.atomic import remove_stale_temps, write_text
+from fmnist.pipeline.download import CHUNK
 
 from . import faulty_http
 from .conftest import ROOT, tiny_params, write_params
@@ -57,7 +57,7 @@ def killed_by(status: int, sig: signal.Signals) -> bool:
 SLOW_WRITER = textwrap.dedent(
     """
     import sys, time
-    from fmnist.atomic import atomic_open
+    from fmnist.pipeline.atomic import atomic_open
     with atomic_open(sys.argv[1], "wb") as handle:
         handle.write(b"n" * 1_000_000)
         handle.flush()

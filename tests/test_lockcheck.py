@@ -1,4 +1,4 @@
-"""`python -m fmnist.lockcheck` on a fresh clone, with no data: a stale dvc.lock fails CI."""
+"""`python -m fmnist.tools.lockcheck` on a fresh clone, with no data: a stale dvc.lock fails CI."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def clone(tmp_path_factory, tiny_data, tmp_path) -> Path:
 
 
 def lockcheck(root: Path):
-    return run_unchecked([sys.executable, "-m", "fmnist.lockcheck"], root, timeout=120)
+    return run_unchecked([sys.executable, "-m", "fmnist.tools.lockcheck"], root, timeout=120)
 
 
 def test_a_lock_that_matches_passes_without_any_data(clone):
@@ -38,7 +38,7 @@ def test_a_param_changed_without_rerunning_fails_naming_the_stage(clone, tiny_da
 
 
 def test_code_changed_without_rerunning_fails(clone):
-    models = clone / "src" / "fmnist" / "models.py"
+    models = clone / "src" / "fmnist" / "pipeline" / "models.py"
     models.write_text(models.read_text() + "\n# a change that dvc.lock has not seen\n")
     result = lockcheck(clone)
     assert result.returncode == 1

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from fmnist.errors import PipelineError
-from fmnist.models import build_model, count_parameters
+from fmnist.pipeline.errors import PipelineError
+from fmnist.pipeline.models import build_model, count_parameters
 
 
 @pytest.mark.parametrize(

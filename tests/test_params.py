@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fmnist.errors import ParamsError
-from fmnist.params import ARCHITECTURES, load_params, parse_params
+from fmnist.pipeline.errors import PipelineError
+from fmnist.pipeline.params import ARCHITECTURES, load_params, parse_params
 
 from .conftest import ROOT, load_stage, tiny_params, write_params
 
@@ -59,7 +59,7 @@ def _mutate(raw: dict, path: str, value) -> dict:
     ],
 )
 def test_bad_values_name_the_key(raw, path, value, message):
-    with pytest.raises(ParamsError, match="^" + re.escape(message)) as info:
+    with pytest.raises(PipelineError, match="^" + re.escape(message)) as info:
         parse_params(_mutate(raw, path, value))
     assert "\n" not in str(info.value)
 
@@ -99,48 +99,60 @@ M = "models.model_0"
             "models.model_1",
             None,
             "models.model_1: expected a mapping with keys arch, hidden_units, lr, epochs, "
-            "batch_size, precision, got None",
+            "batch_size, compute_dtype, got None",
         ),
         ("eval", [], "eval: expected a mapping with keys batch_size, got []"),
     ],
 )
 def test_each_message_is_one_line_with_path_value_and_what_is_allowed(raw, path, value, message):
-    with pytest.raises(ParamsError) as info:
+    with pytest.raises(PipelineError) as info:
         parse_params(_mutate(raw, path, value))
     assert str(info.value).startswith(message)
     assert "\n" not in str(info.value)
 
 
 def test_unknown_and_missing_keys(raw):
-    with pytest.raises(ParamsError, match=r"^models\.model_0\.momentum: unknown key"):
+    with pytest.raises(PipelineError, match=r"^models\.model_0\.momentum: unknown key"):
         parse_params(_mutate(raw, "models.model_0.momentum", 0.9))
-    with pytest.raises(ParamsError, match=r"^training: unknown key \(allowed: runtime, data"):
+    with pytest.raises(PipelineError, match=r"^training: unknown key \(allowed: runtime, data"):
         parse_params({**raw, "training": {}})
     without_seed = copy.deepcopy(raw)
     del without_seed["runtime"]["seed"]
-    with pytest.raises(ParamsError, match=r"^runtime\.seed: missing"):
+    with pytest.raises(PipelineError, match=r"^runtime\.seed: missing"):
         parse_params(without_seed)
 
 
 def test_a_fourth_model_is_just_a_section(raw):
     raw["models"]["model_3"] = dict(raw["models"]["model_2"], hidden_units=32)
     assert parse_params(raw).model("model_3").hidden_units == 32
-    with pytest.raises(ParamsError, match="unknown model 'model_9'"):
+    with pytest.raises(PipelineError, match="unknown model 'model_9'"):
         parse_params(raw).model("model_9")
 
 
+def test_the_old_precision_key_is_read_as_compute_dtype_with_a_warning(raw, caplog):
+    section = raw["models"]["model_2"]
+    section["precision"] = section.pop("compute_dtype")
+    with caplog.at_level("WARNING", logger="fmnist"):
+        params = parse_params(raw)
+    assert params.model("model_2").compute_dtype == section["precision"]
+    assert "models.model_2.precision is deprecated: rename it compute_dtype" in caplog.text
+    section["compute_dtype"] = "fp32"
+    with pytest.raises(PipelineError, match=r"^models\.model_2: precision and compute_dtype"):
+        parse_params(raw)
+
+
 def test_architectures_match_the_registry():
-    from fmnist.models import MODEL_REGISTRY
+    from fmnist.pipeline.models import MODEL_REGISTRY
 
     assert set(ARCHITECTURES) == set(MODEL_REGISTRY)
 
 
 def test_load_params_reports_file_problems(tmp_path):
-    with pytest.raises(ParamsError, match="no such file"):
+    with pytest.raises(PipelineError, match="no such file"):
         load_params(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("models: [unclosed")
-    with pytest.raises(ParamsError, match="not valid YAML"):
+    with pytest.raises(PipelineError, match="not valid YAML"):
         load_params(bad)
 
 
@@ -152,14 +164,15 @@ def test_params_yaml_is_read_as_dvc_reads_it(tmp_path, raw):
     assert load_params(path).model("model_0").lr == 0.001
     path.write_text(text.replace("lr: 0.1", "lr: '1e-3'", 1))
     with pytest.raises(
-        ParamsError, match=r"^models\.model_0\.lr: expected a number > 0, got '1e-3'"
+        PipelineError, match=r"^models\.model_0\.lr: expected a number > 0, got '1e-3'"
     ):
         load_params(path)
     # A key given twice is an error, not a silent "last one wins".
     path.write_text(text.replace("lr: 0.1", "lr: 0.1\n    lr: 0.5", 1))
-    with pytest.raises(ParamsError, match=r"not valid YAML at line \d+, column 5: key 'lr' given"):
+    twice = r"not valid YAML at line \d+, column 5: key 'lr' given"
+    with pytest.raises(PipelineError, match=twice):
         load_params(path)
-    with pytest.raises(ParamsError, match="cannot read"):
+    with pytest.raises(PipelineError, match="cannot read"):
         load_params(tmp_path)
 
 
@@ -216,7 +229,7 @@ def test_a_stage_with_bad_params_exits_with_one_line_and_writes_nothing(
 
 
 def _missing_device() -> str:
-    from fmnist.runtime import available_devices
+    from fmnist.pipeline.runtime import available_devices
 
     return next(d for d in ("cuda", "mps") if d not in available_devices())
 
@@ -239,7 +252,7 @@ def test_a_device_this_machine_lacks_stops_the_stage_before_it_writes(
     code, err = run_in_process(stage, tmp_path, capsys)
     assert code == 1
     assert err.startswith(f"error: runtime.device: {device!r} is not available on this machine")
-    assert "set it to auto or one of those" in err and err.count("\n") == 1
+    assert "use auto or one of those" in err and err.count("\n") == 1
     assert tree(tmp_path) == before
 
 

@@ -59,7 +59,7 @@ def test_repro_runs_every_stage_and_writes_every_output(repo):
     assert list(metrics) == ["model_2"]  # nested, so that DVC names columns `model_2.loss`
     assert metrics["model_2"]["device"] == "cpu"
     assert set(metrics["model_2"]) == {
-        "arch", "loss", "accuracy", "parameters", "device", "precision"
+        "arch", "loss", "accuracy", "parameters", "device", "compute_dtype"
     }  # fmt: skip
     curves = (repo / "plots/train/model_0.csv").read_text().splitlines()
     assert curves[0] == "epoch,train_loss,train_accuracy,test_loss,test_accuracy"
@@ -123,6 +123,22 @@ def test_changing_the_accuracy_gate_reruns_nothing(repo, tiny_data):
     params = tiny_params(tiny_data)
     params["gate"]["max_accuracy_drop"] = 5.0
     write_params(repo / "params.yaml", params)
+    assert json.loads(dvc("status", "--json", cwd=repo)) == {}
+
+
+def test_editing_a_tool_reruns_nothing_and_editing_the_library_reruns_its_stages(repo):
+    # Tools (src/fmnist/tools/) are no stage's dependency; the pipeline library is.
+    edited = [*(repo / "src/fmnist/tools").glob("*.py"), repo / "src/fmnist/pipeline/figures.py"]
+    originals = {path: path.read_text() for path in edited}
+    try:
+        for path in edited[:-1]:
+            path.write_text(originals[path] + "\n# edited\n")
+        assert json.loads(dvc("status", "--json", cwd=repo)) == {}
+        edited[-1].write_text(originals[edited[-1]] + "\n# edited\n")
+        assert set(json.loads(dvc("status", "--json", cwd=repo))) == {"compare"}
+    finally:
+        for path, text in originals.items():
+            path.write_text(text)
     assert json.loads(dvc("status", "--json", cwd=repo)) == {}
 
 

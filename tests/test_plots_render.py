@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fmnist import render_plots
+from fmnist.tools import plots_page
 
 from .conftest import ROOT
 from .vega_specs import CLASSES, problems, render
@@ -93,7 +93,7 @@ def test_every_chart_reads_at_a_glance(plots, name):
     # confusion matrices in label order: see vega_specs.problems.
     content = spec(plots, name)
     assert problems(name, content) == []
-    assert_drawn(rgb(render_plots.render_png(content)))
+    assert_drawn(rgb(plots_page.render_png(content)))
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -114,7 +114,7 @@ def test_loss_and_accuracy_by_epoch_are_separate_charts_with_train_and_test_colo
     ]  # fmt: skip
     epochs = len((repo / f"plots/train/{model}.csv").read_text().splitlines()) - 1
     assert all(a.labels == [str(e) for e in range(1, epochs + 1)] for a in axes if a.orient == "X")
-    image = rgb(render_plots.render_png(content))
+    image = rgb(plots_page.render_png(content))
     assert pixels_near(image, TRAIN_COLOUR) > 200 and pixels_near(image, TEST_COLOUR) > 200
 
 
@@ -140,8 +140,8 @@ def test_one_chart_per_metric_overlays_every_model(plots, name):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_confusion_axes_follow_label_order_as_in_the_png(plots, repo, model):
-    from fmnist.compare import load_classes
-    from fmnist.plots import confusion_figure
+    from fmnist.pipeline.classes import load_classes
+    from fmnist.pipeline.figures import confusion_figure
 
     content = spec(plots, f"plots/confusion/{model}.csv")
     axes = render(content)
@@ -150,7 +150,7 @@ def test_confusion_axes_follow_label_order_as_in_the_png(plots, repo, model):
     for axis in axes:
         if axis.labels:
             assert axis.labels == CLASSES  # T-shirt/top first (left or top), Ankle boot last
-    classes = load_classes(repo / "data/prepared/classes.json")  # what compare draws with
+    classes = load_classes(repo / "data/prepared")  # what compare draws with
     fig, ax = confusion_figure(np.eye(len(classes), dtype=int), classes, model)
     png_columns = [t.get_text() for t in ax.get_xticklabels()]
     png_rows = [t.get_text() for t in ax.get_yticklabels()]
@@ -172,7 +172,7 @@ def test_accuracy_comparison_is_a_horizontal_bar_chart_in_model_order(plots, rep
     (y_axis,) = [a for a in render(content) if a.orient == "Y"]
     assert y_axis.labels == list(MODELS)
 
-    image = rgb(render_plots.render_png(content))
+    image = rgb(plots_page.render_png(content))
     assert_drawn(image)
     assert pixels_near(image, REV_COLOUR) > 2000  # the bars themselves
 
@@ -192,7 +192,7 @@ def _embedded(page: str, kind: str) -> list[bytes]:
 
 
 def test_offline_page_embeds_every_plot_and_loads_nothing(repo, plots):
-    out = run([sys.executable, "-m", "fmnist.render_plots"], repo).strip()
+    out = run([sys.executable, "-m", "fmnist.tools.plots_page"], repo).strip()
     page_path = repo / out
     assert page_path == repo / "dvc_plots" / "index.html"
     page = page_path.read_text()
@@ -217,7 +217,7 @@ def test_each_chart_can_be_written_as_a_png_named_after_it(plots, tmp_path):
     source = tmp_path / "plots.json"
     source.write_text(json.dumps({"data": plots}))
     out = ["--out", str(tmp_path / "page"), "--png", str(tmp_path / "png")]
-    render_plots.main(["--json", str(source), *out])
+    plots_page.main(["--json", str(source), *out])
     names = {path.name for path in (tmp_path / "png").iterdir()}
     assert "train_model_2.png" in names and "test_loss_by_epoch_every_model.png" in names
     assert len(names) == len(CHARTS)
@@ -229,7 +229,7 @@ def test_offline_page_without_vl_convert_says_how_to_install(tmp_path, monkeypat
     source = tmp_path / "plots.json"
     source.write_text(json.dumps({"data": plots}))
     with pytest.raises(SystemExit) as exit_info:
-        render_plots.main(["--json", str(source), "--out", str(tmp_path / "out")])
+        plots_page.main(["--json", str(source), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 1
     assert "pip install -e '.[plots]'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -245,13 +245,13 @@ def test_make_plots_runs_the_offline_renderer():
         text=True,
         check=True,
     )
-    assert ".venv/bin/python -m fmnist.render_plots main" in result.stdout.splitlines()
+    assert ".venv/bin/python -m fmnist.tools.plots_page main" in result.stdout.splitlines()
 
 
 def test_offline_page_shows_dvc_errors_and_rejects_unknown_plot_types():
     errors = [{"name": "plots/missing.csv", "rev": "workspace", "msg": "file not found"}]
-    page = render_plots.render_page({"data": {}, "errors": errors})
+    page = plots_page.render_page({"data": {}, "errors": errors})
     assert "plots/missing.csv" in page and "file not found" in page and "No plots." in page
     odd = {"data": {"plots/x": [{"type": "table", "revisions": ["workspace"]}]}}
-    with pytest.raises(render_plots.PipelineError, match="unknown plot type 'table'"):
-        render_plots.render_page(odd)
+    with pytest.raises(plots_page.PipelineError, match="unknown plot type 'table'"):
+        plots_page.render_page(odd)

@@ -18,10 +18,10 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFile
 
-from fmnist.checkpoint import save_checkpoint
-from fmnist.images import ImageError, load_image
-from fmnist.models import build_model
-from fmnist.predict import main
+from fmnist.pipeline.checkpoint import save_checkpoint
+from fmnist.pipeline.models import build_model
+from fmnist.tools.images import ImageError, load_image
+from fmnist.tools.predict import main
 
 CLASSES = [f"class {i}" for i in range(9)] + ["T-shirt/top"]
 ITEM, BACKDROP = 230, 0
@@ -239,7 +239,8 @@ def test_unknown_device_is_one_line(weights, tmp_path, capsys):
     image = save(item_image(), tmp_path / "shirt.png")
     code, out, err = run(["--weights", weights, "--device", "tpu", image], capsys)
     assert code == 1 and out == []
-    assert len(err) == 1 and err[0].startswith("error: --device: 'tpu' is not available here")
+    assert len(err) == 1
+    assert err[0].startswith("error: --device: 'tpu' is not available on this machine")
 
 
 def _error_of(path: Path) -> str:
@@ -345,9 +346,9 @@ def test_webp_bomb_is_refused_before_pillow_opens_it(tmp_path, monkeypatch):
 
 
 def test_help_runs_and_importing_does_not_load_torch():
-    command = [sys.executable, "-m", "fmnist.predict", "--help"]
+    command = [sys.executable, "-m", "fmnist.tools.predict", "--help"]
     shown = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     assert "--top-k" in shown and "--no-invert" in shown and "--json" in shown
-    probe = "import sys, fmnist.predict; print('torch' in sys.modules)"
+    probe = "import sys, fmnist.tools.predict; print('torch' in sys.modules)"
     imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert imported.stdout.strip() == "False"

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fmnist.data import Split, read_raw
-from fmnist.download import DownloadError, fetch_dataset
-from fmnist.params import load_params
-from fmnist.paths import RAW_DIR
-from fmnist.training import train_model
+from fmnist.pipeline.data import Split, read_raw
+from fmnist.pipeline.download import DownloadError, fetch_dataset
+from fmnist.pipeline.params import load_params
+from fmnist.pipeline.paths import RAW_DIR
+from fmnist.pipeline.training import train_model
 
 from .conftest import ROOT
 
@@ -34,7 +34,7 @@ def real_root(tmp_path_factory) -> Path:
 
 
 def test_real_files_read_as_the_known_dataset(real_root):
-    splits, classes = read_raw(real_root)
+    splits, classes = read_raw(real_root / "FashionMNIST" / "raw")
     assert splits["train"].images.shape == (60_000, 28, 28)
     assert splits["test"].images.shape == (10_000, 28, 28)
     assert torch.bincount(splits["test"].labels).tolist() == [1000] * 10
@@ -42,11 +42,11 @@ def test_real_files_read_as_the_known_dataset(real_root):
 
 
 def test_linear_model_on_a_subset_learns(real_root):
-    splits, _ = read_raw(real_root)
+    splits, _ = read_raw(real_root / "FashionMNIST" / "raw")
     subset = Split(splits["train"].images[:12_000], splits["train"].labels[:12_000])
-    hp = load_params(ROOT / "params.yaml").model("model_0")
+    model_params = load_params(ROOT / "params.yaml").model("model_0")
     result = train_model(
-        dataclasses.replace(hp, epochs=1),
+        dataclasses.replace(model_params, epochs=1),
         subset,
         splits["test"],
         seed=42,

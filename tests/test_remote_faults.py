@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fmnist.remote import s3_client
+from fmnist.tools.remote import s3_client
 
 from .s3_store import BUCKET, REMOTE, URL, Server, corrupt_cache_files
 from .test_faults import wait_for
@@ -155,8 +155,9 @@ def json_status(root: Path) -> dict:
 
 
 def remote_check(root: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """`python -m fmnist.remote check` in `root`."""
-    return run_unchecked([sys.executable, "-m", "fmnist.remote", "check"], root, env, timeout=60)
+    """`python -m fmnist.tools.remote check` in `root`."""
+    command = [sys.executable, "-m", "fmnist.tools.remote", "check"]
+    return run_unchecked(command, root, env, timeout=60)
 
 
 def test_wrong_credentials_are_refused_with_the_remotes_name(pushed, server, tmp_path):

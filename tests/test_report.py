@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fmnist.report import accuracy_changes, failure_message, regressions
+from fmnist.tools.change_report import accuracy_changes, failure_message, regressions
 
 
 def _diff(**accuracy: tuple[float | None, float | None]) -> dict:

@@ -28,8 +28,8 @@ def dvc_with(server: Server, *args: str, cwd: Path) -> str:
 
 
 def push(server: Server, cwd: Path) -> str:
-    """`python -m fmnist.remote push`: dvc push --run-cache, plus what restoring a run needs."""
-    command = [str(BIN / "python"), "-m", "fmnist.remote", "push"]
+    """`fmnist-remote push`: dvc push --run-cache, plus what restoring a run needs."""
+    command = [str(BIN / "python"), "-m", "fmnist.tools.remote", "push"]
     return run(command, cwd, server.credentials)
 
 
@@ -104,7 +104,7 @@ def test_predict_works_in_the_fresh_clone_with_the_pulled_weights(clone_b):
     images, _ = make_split(1, 7)
     path = clone_b / "item.png"
     Image.fromarray(np.asarray(images[0])).save(path)
-    command = [str(BIN / "python"), "-m", "fmnist.predict", "--model", "model_2", str(path)]
+    command = [str(BIN / "python"), "-m", "fmnist.tools.predict", "--model", "model_2", str(path)]
     shown = run(command, clone_b)
     assert "item.png" in shown and "%" in shown
 

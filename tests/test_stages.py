@@ -8,10 +8,11 @@ import pytest
 import torch
 import yaml
 
-from fmnist.checkpoint import save_checkpoint
-from fmnist.data import load_classes, load_split
-from fmnist.models import build_model
-from fmnist.runtime import available_devices
+from fmnist.pipeline.checkpoint import save_checkpoint
+from fmnist.pipeline.classes import load_classes
+from fmnist.pipeline.data import load_split
+from fmnist.pipeline.models import build_model
+from fmnist.pipeline.runtime import available_devices
 
 from .conftest import N_TEST, N_TRAIN, load_stage, tiny_params, write_params
 
@@ -39,9 +40,9 @@ def test_prepare_writes_tensors_and_counts(prepared):
 def test_raw_files_read_as_torchvision_reads_them(prepared):
     from torchvision.datasets import FashionMNIST
 
-    from fmnist.data import read_raw
+    from fmnist.pipeline.data import read_raw
 
-    splits, classes = read_raw(prepared / "data")
+    splits, classes = read_raw(prepared / "data/FashionMNIST/raw")
     for split in ("train", "test"):
         reference = FashionMNIST(str(prepared / "data"), train=split == "train", download=False)
         assert torch.equal(splits[split].images, reference.data)
@@ -53,7 +54,7 @@ def test_raw_files_read_as_torchvision_reads_them(prepared):
 def test_model_input_matches_torchvision_to_tensor(prepared):
     from torchvision.transforms.functional import pil_to_tensor, to_pil_image, to_tensor
 
-    from fmnist.data import to_model_input
+    from fmnist.pipeline.data import to_model_input
 
     images = load_split(prepared / "data/prepared", "test").images[:5]
     ours = to_model_input(images, torch.device("cpu"))
@@ -96,7 +97,7 @@ def test_train_evaluate_compare(prepared):
     write_params(prepared / "params.yaml", params)
     load_stage("compare").main([])
     table = (prepared / "plots/comparison/models.csv").read_text().splitlines()
-    assert table[0] == "model,arch,loss,accuracy,train_seconds,parameters,device,precision"
+    assert table[0] == "model,arch,loss,accuracy,train_seconds,parameters,device,compute_dtype"
     assert table[1].startswith("model_0,linear,") and len(table) == 2
     epochs = (prepared / "plots/comparison/epochs.csv").read_text().splitlines()
     assert epochs[0] == "model,epoch,train_loss,train_accuracy,test_loss,test_accuracy"
@@ -162,7 +163,7 @@ def test_evaluate_refuses_weights_of_another_configuration(prepared, tiny_data, 
 
 
 def test_ctrl_c_ends_a_stage_with_one_line_and_status_130(capsys):
-    from fmnist.cli import entry_point
+    from fmnist.pipeline.cli import entry_point
 
     @entry_point
     def main(argv=None):
@@ -191,6 +192,22 @@ def test_compare_reads_everything_before_writing_anything(prepared, capsys):
 
 def test_a_prepared_split_that_is_not_a_mapping_is_a_clear_error(prepared, capsys):
     torch.save(torch.zeros(3), prepared / "data/prepared/train.pt")
+    with pytest.raises(SystemExit):
+        load_stage("train").main(["--model", "model_0"])
+    assert "train.pt: not a prepared split (damaged?)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"images": "not a tensor", "labels": 3},
+        {"images": torch.zeros(4, 28, 28), "labels": torch.zeros(4, dtype=torch.int64)},
+        {"images": torch.zeros(4, 28, 28, dtype=torch.uint8)},
+    ],
+    ids=["not tensors", "float images", "no labels"],
+)
+def test_a_prepared_split_of_the_wrong_kind_is_a_clear_error(prepared, capsys, payload):
+    torch.save(payload, prepared / "data/prepared/train.pt")
     with pytest.raises(SystemExit):
         load_stage("train").main(["--model", "model_0"])
     assert "train.pt: not a prepared split (damaged?)" in capsys.readouterr().err

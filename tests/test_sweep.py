@@ -1,4 +1,4 @@
-"""`python -m fmnist.sweep` on tiny data: DVC's queue with two workers runs a grid, loses nothing,
+"""`fmnist-sweep` on tiny data: DVC's queue with two workers runs a grid, loses nothing,
 reproduces one-at-a-time results, and reports a failed experiment without stopping the others."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 import torch
 import yaml
 
-from fmnist import sweep
-from fmnist.sweep import Experiment, dvc_failed, format_table, sweep_keys, table, worker_env
+from fmnist.tools import sweep
+from fmnist.tools.sweep import Experiment, dvc_failed, format_table, sweep_keys, table, worker_env
 
 from .conftest import load_stage, write_params
 from .workflow_repo import BIN, committed_repo, copy_repo, dvc
@@ -45,7 +45,7 @@ def run_sweep(root: Path, overrides: list[str]) -> subprocess.CompletedProcess:
     args = [arg for o in overrides for arg in ("-S", o)]
     try:
         return subprocess.run(
-            [sys.executable, "-m", "fmnist.sweep", "--jobs", str(JOBS), *args],
+            [sys.executable, "-m", "fmnist.tools.sweep", "--jobs", str(JOBS), *args],
             cwd=root,
             env=env,
             capture_output=True,
@@ -194,7 +194,7 @@ def fake_queue(monkeypatch, statuses: list[str]) -> list[tuple[str, ...]]:
             return statuses.pop(0) if len(statuses) > 1 else statuses[0]
         return ""
 
-    monkeypatch.setattr(sweep, "dvc", dvc)
+    monkeypatch.setattr(sweep, "run_dvc", dvc)
     monkeypatch.setattr(sweep, "POLL_S", 0)
     return calls
 

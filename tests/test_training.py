@@ -1,4 +1,4 @@
-"""Training beyond the loop itself: divergence, progress, precision and memory layout."""
+"""Training beyond the loop itself: divergence, progress, compute dtype and memory layout."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from fmnist.engine import NonFiniteLoss, epoch_batches, train_one_epoch
-from fmnist.models import build_model
-from fmnist.runtime import autocast, cpu_threads, place_model, resolve_precision
+from fmnist.pipeline.engine import NonFiniteLoss, epoch_batches, train_one_epoch
+from fmnist.pipeline.models import build_model
+from fmnist.pipeline.runtime import autocast, cpu_threads, place_model, resolve_compute_dtype
 
 from .conftest import load_stage, tiny_params, write_params
 
@@ -74,10 +74,10 @@ def test_bf16_training_learns_step_after_step():
     assert losses[-1] < 0.6 * losses[0]
 
 
-def test_precision_auto_resolves_to_fp32_or_bf16():
-    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
-    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
-    assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")
+def test_compute_dtype_auto_resolves_to_fp32_or_bf16():
+    assert resolve_compute_dtype("fp32", torch.device("cpu")) == "fp32"
+    assert resolve_compute_dtype("bf16", torch.device("cpu")) == "bf16"
+    assert resolve_compute_dtype("auto", torch.device("cpu")) in ("fp32", "bf16")
     with autocast(torch.device("cpu"), "bf16"):
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16
         assert torch.is_autocast_enabled("cpu")
@@ -114,12 +114,12 @@ def test_a_diverging_model_names_model_epoch_and_lr_and_writes_nothing(prepared,
         assert not (prepared / folder).exists()
 
 
-def test_bf16_models_are_evaluated_in_the_precision_they_were_trained_in(prepared, tiny_data):
-    params = tiny_params(tiny_data, model_2={"precision": "bf16"})
+def test_bf16_models_are_evaluated_in_the_compute_dtype_they_were_trained_in(prepared, tiny_data):
+    params = tiny_params(tiny_data, model_2={"compute_dtype": "bf16"})
     write_params(prepared / "params.yaml", params)
     load_stage("train").main(["--model", "model_2"])
     sidecar = json.loads((prepared / "models/model_2.json").read_text())
-    assert sidecar["hyperparameters"]["precision"] == "bf16"
+    assert sidecar["hyperparameters"]["compute_dtype"] == "bf16"
     # evaluate re-scores the reloaded weights and fails unless they match training's record.
     load_stage("evaluate").main(["--model", "model_2"])
     metrics = json.loads((prepared / "metrics/models/model_2.json").read_text())["model_2"]
@@ -143,7 +143,7 @@ def test_progress_in_a_ci_log_is_a_few_lines_per_epoch(monkeypatch):
     import sys
     import time
 
-    from fmnist.progress import epoch_bars
+    from fmnist.pipeline.progress import epoch_bars
 
     log = io.StringIO()  # not a terminal, as in CI
     monkeypatch.setattr(sys, "stderr", log)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from fmnist import render_plots
+from fmnist.tools import plots_page
 
 CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -66,7 +66,7 @@ def axes(svg: str) -> list[Axis]:
 
 def render(content: dict) -> list[Axis]:
     """Render one chart to SVG and return its axes."""
-    return axes(render_plots.render_svg(content))
+    return axes(plots_page.render_svg(content))
 
 
 def problems(name: str, content: dict) -> list[str]:

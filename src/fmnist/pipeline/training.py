@@ -11,22 +11,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fmnist import distributed
-from fmnist.atomic import atomic_open
-from fmnist.data import Split, to_model_input
-from fmnist.engine import (
+from fmnist.pipeline import distributed
+from fmnist.pipeline.atomic import atomic_open
+from fmnist.pipeline.data import Split, to_model_input
+from fmnist.pipeline.engine import (
     SGD,
     NonFiniteLoss,
     Progress,
     Shard,
     epoch_batches,
-    evaluate,
+    score,
     train_one_epoch,
 )
-from fmnist.errors import PipelineError
-from fmnist.models import build_model
-from fmnist.params import ModelParams
-from fmnist.runtime import cpu_threads, place_model, seed_everything
+from fmnist.pipeline.errors import PipelineError
+from fmnist.pipeline.models import build_model
+from fmnist.pipeline.params import ModelParams
+from fmnist.pipeline.runtime import cpu_threads, place_model, seed_everything
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
 STEP_FIELDS = ("model", "step", "epoch", "loss")
@@ -46,28 +46,30 @@ class TrainingResult:
 
 
 def train_model(
-    hp: ModelParams,
+    model_params: ModelParams,
     train: Split,
     test: Split,
     *,
     seed: int,
     device: torch.device,
     eval_batch_size: int,
-    precision: str = "fp32",
+    compute_dtype: str = "fp32",
     threads: int = 0,
     loss_every: int = 50,
     progress: Callable[[int, int], Progress] | None = None,
     shard: Shard | None = None,
 ) -> TrainingResult:
-    """Train `hp`'s model with SGD, scoring the test set after each epoch; NaN loss is an error."""
+    """Train the model `model_params` describes with SGD, scoring the test set after each epoch."""
     # `progress(epoch, n_batches)` may return a bar that counts the epoch's batches. With
     # `shard`, this process is one rank of several (DDP): every rank draws the same global
     # batches and trains on its slice of each; rank 0 alone scores the test set.
+    # A NaN or infinite loss stops training with an error.
+    name = model_params.name
     seed_everything(seed)
-    model = place_model(build_model(hp.arch, hp.hidden_units), device)
+    model = place_model(build_model(model_params.arch, model_params.hidden_units), device)
     trained = model if shard is None else distributed.wrap(model, device)
     scores_here = shard is None or shard.rank == 0
-    optimizer = SGD(model.parameters(), lr=hp.lr)
+    optimizer = SGD(model.parameters(), lr=model_params.lr)
     generator = torch.Generator().manual_seed(seed)
     history = []
     step_losses: list[float] = []
@@ -77,17 +79,17 @@ def train_model(
         start = time.perf_counter()
         x_train, y_train = to_model_input(train.images, device), train.labels.to(device)
         x_test, y_test = to_model_input(test.images, device), test.labels.to(device)
-        for epoch in range(1, hp.epochs + 1):
-            batches = epoch_batches(len(train), hp.batch_size, generator, device)
+        for epoch in range(1, model_params.epochs + 1):
+            batches = epoch_batches(len(train), model_params.batch_size, generator, device)
             bar = progress(epoch, len(batches)) if progress else None
             try:
                 fit = train_one_epoch(
-                    trained, x_train, y_train, batches, optimizer, bar, precision, shard
+                    trained, x_train, y_train, batches, optimizer, bar, compute_dtype, shard
                 )
             except NonFiniteLoss as exc:
                 raise PipelineError(
-                    f"{hp.name}: {exc} in epoch {epoch} with lr {hp.lr}; the model diverged, so "
-                    f"nothing was saved. Lower models.{hp.name}.lr and run again"
+                    f"{name}: {exc} in epoch {epoch} with lr {model_params.lr}; the model "
+                    f"diverged, so nothing was saved. Lower models.{name}.lr and run again"
                 ) from None
             finally:
                 if bar is not None:
@@ -96,7 +98,7 @@ def train_model(
             step_sizes += [len(index) for index in batches]
             if not scores_here:
                 continue
-            scores = evaluate(model, x_test, y_test, eval_batch_size, precision)
+            scores = score(model, x_test, y_test, eval_batch_size, compute_dtype)
             history.append(
                 {
                     "epoch": epoch,
@@ -107,7 +109,7 @@ def train_model(
                 }
             )
     seconds = time.perf_counter() - start
-    steps_per_epoch = len(step_losses) // hp.epochs
+    steps_per_epoch = len(step_losses) // model_params.epochs
     return TrainingResult(
         model=model,
         history=history,
@@ -138,29 +140,29 @@ def running_loss(
 
 
 def checkpoint_metadata(
-    hp: ModelParams,
+    model_params: ModelParams,
     result: TrainingResult,
     classes: list[str],
     seed: int,
     eval_batch_size: int,
-    precision: str,
+    compute_dtype: str,
 ) -> dict[str, object]:
     """Describe a trained model for its sidecar: how to rebuild it and what it scored."""
     return {
-        "model": hp.name,
-        "arch": hp.arch,
-        "hidden_units": hp.hidden_units,
+        "model": model_params.name,
+        "arch": model_params.arch,
+        "hidden_units": model_params.hidden_units,
         "in_channels": 1,
         "image_size": 28,
         "num_classes": len(classes),
         "classes": classes,
         "hyperparameters": {
-            "lr": hp.lr,
-            "epochs": hp.epochs,
-            "batch_size": hp.batch_size,
+            "lr": model_params.lr,
+            "epochs": model_params.epochs,
+            "batch_size": model_params.batch_size,
             "optimizer": "SGD",
             "seed": seed,
-            "precision": precision,
+            "compute_dtype": compute_dtype,
         },
         "trained_on": result.device.type,
         "torch": torch.__version__,
@@ -191,13 +193,15 @@ def write_steps(steps: list[dict[str, float]], label: str, path: str | Path) -> 
             handle.write(f"{label},{int(row['step'])},{row['epoch']:.4f},{row['loss']:.6f}\n")
 
 
-def train_metrics(hp: ModelParams, result: TrainingResult, n_train: int) -> dict[str, object]:
+def train_metrics(
+    model_params: ModelParams, result: TrainingResult, n_train: int
+) -> dict[str, object]:
     """Training's time and setup, nested under the model's name (DVC: `model_2.train_seconds`)."""
     return {
-        hp.name: {
+        model_params.name: {
             "processes": result.processes,
             "threads": result.threads,
             "train_seconds": round(result.seconds, 3),
-            "samples_per_second": round(hp.epochs * n_train / result.seconds, 1),
+            "samples_per_second": round(model_params.epochs * n_train / result.seconds, 1),
         }
     }

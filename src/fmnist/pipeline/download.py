@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from fmnist.atomic import atomic_path, remove_stale_temps
-from fmnist.errors import PipelineError
+from fmnist.pipeline.atomic import atomic_path, remove_stale_temps
+from fmnist.pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
-"""Classify your own images with a trained model: `python -m fmnist.predict shoe.png coat.jpg`.
+"""Classify your own images with a trained model: `fmnist-predict shoe.png coat.jpg`.
 
-Each image is read within safe limits and converted like Fashion-MNIST (see fmnist.images);
+Each image is read within safe limits and converted like Fashion-MNIST (see fmnist.tools.images);
 a file that fails is reported on stderr and the others still run. torch is imported only once
 there is a model to load, so `--help` and argument errors stay quick.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from fmnist import paths
-from fmnist.errors import PipelineError
-from fmnist.images import ImageError, load_image
+from fmnist.pipeline import paths
+from fmnist.pipeline.cli import command_parser, debugging, positive_int_arg
+from fmnist.pipeline.errors import PipelineError
+from fmnist.tools.images import ImageError, load_image
 
 DEFAULT_MODEL = "model_2"
 
@@ -46,9 +48,9 @@ class Prediction:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the command's argument parser."""
-    parser = argparse.ArgumentParser(
-        prog="python -m fmnist.predict",
-        description="Classify your own images of clothing with a trained Fashion-MNIST model.",
+    parser = command_parser(
+        "Classify your own images of clothing with a trained Fashion-MNIST model.",
+        prog="fmnist-predict",
     )
     parser.add_argument(
         "images", nargs="+", metavar="IMAGE", help="image files: PNG, JPEG, GIF, BMP, WebP, TIFF"
@@ -61,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default="cpu", help="cpu (default), cuda, mps, or auto for the best one"
     )
     parser.add_argument(
-        "--top-k", type=_positive_int, default=3, help="classes to show per image (default 3)"
+        "--top-k", type=positive_int_arg, default=3, help="classes to show per image (default 3)"
     )
     polarity = parser.add_mutually_exclusive_group()
     polarity.add_argument(
@@ -94,14 +96,10 @@ def load_classifier(weights: str | Path, device: str = "cpu") -> Classifier:
             f"{weights}: no such weights file (train the models with `dvc repro`, "
             "or point --weights at one)"
         )
-    from fmnist.checkpoint import load_checkpoint
-    from fmnist.runtime import available_devices, resolve_device
+    from fmnist.pipeline.checkpoint import load_checkpoint
+    from fmnist.pipeline.runtime import resolve_device
 
-    if device != "auto" and device not in available_devices():
-        # Checked here so that the message names this option, not params.yaml's key.
-        known = ", ".join(available_devices())
-        raise PipelineError(f"--device: {device!r} is not available here (use auto or {known})")
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device, setting="--device")
     model, meta = load_checkpoint(weights, torch_device)
     classes = meta.get("classes")
     if meta["in_channels"] != 1:
@@ -121,7 +119,7 @@ def classify(classifier: Classifier, pixels: np.ndarray, top_k: int) -> list[Pre
     """Return the `top_k` most probable classes for uint8 (H, W) pixels, most probable first."""
     import torch
 
-    from fmnist.data import to_model_input
+    from fmnist.pipeline.data import to_model_input
 
     batch = to_model_input(torch.from_numpy(pixels).unsqueeze(0), classifier.device)
     with torch.inference_mode():
@@ -137,9 +135,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Print the top classes of each image; return 1 if any file or the model failed."""
     args = build_parser().parse_args(argv)
     weights = args.weights or paths.weights_path(args.model)
+    debug = debugging(argv)
     try:
         classifier = load_classifier(weights, args.device)
     except PipelineError as exc:
+        if debug:
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
@@ -150,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 name, invert=args.invert, trim=args.trim, size=classifier.image_size
             )
         except ImageError as exc:
+            if debug:  # the other files still run
+                traceback.print_exc()
             print(f"error: {name}: {exc}", file=sys.stderr)
             records.append({"file": name, "error": str(exc)})
             failed = True
@@ -175,16 +178,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         document = {"model": classifier.name, "weights": str(weights), "images": records}
         print(json.dumps(document, indent=2))
     return 1 if failed else 0
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
 
 
 if __name__ == "__main__":

@@ -19,19 +19,17 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import signal
-import tempfile
+import string
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-# mkstemp creates files readable by the owner only; outputs get the usual umask-based mode.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-FILE_MODE = 0o666 & ~_UMASK
-# mkstemp's random part: 8 characters from this set.
+# A temporary file's random part: 8 characters from this set.
+_ALPHABET = string.ascii_lowercase + string.digits + "_"
 _RANDOM = r"[a-z0-9_]{8}"
 _ANY_TEMP = re.compile(rf"\..+\.{_RANDOM}\.tmp")
 
@@ -52,6 +50,21 @@ def remove_stale_temps(directory: str | Path, name: str | None = None) -> list[P
             entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
+
+
+def _create_temp(path: Path) -> Path:
+    """Create an empty temporary file beside `path`, with the mode the umask gives new files."""
+    # Not tempfile.mkstemp, whose files are readable by their owner alone; and `secrets`, not
+    # `random`, so that naming a file never moves the generator a seeded run draws from.
+    for _ in range(100):
+        token = "".join(secrets.choice(_ALPHABET) for _ in range(8))
+        tmp = path.parent / f".{path.name}.{token}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -82,12 +95,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     # this target belongs to a writer that was killed.
     remove_stale_temps(path.parent, path.name)
     with _sigterm_raises():
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        tmp_path = Path(tmp)
+        tmp_path = _create_temp(path)
         try:
             yield tmp_path
-            os.chmod(tmp_path, FILE_MODE)
             os.replace(tmp_path, path)
         finally:
             tmp_path.unlink(missing_ok=True)

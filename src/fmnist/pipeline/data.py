@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -10,25 +9,13 @@ from pathlib import Path
 
 import torch
 
-from fmnist.atomic import atomic_open, write_json
-from fmnist.errors import PipelineError
-from fmnist.idx import read_idx
-from fmnist.paths import CLASSES_FILE
+from fmnist.pipeline.atomic import atomic_open, write_json
+from fmnist.pipeline.classes import CLASSES
+from fmnist.pipeline.errors import PipelineError
+from fmnist.pipeline.idx import read_split
+from fmnist.pipeline.paths import CLASSES_FILE, IDX_FILES
 
-SPLITS = ("train", "test")
-# Fashion-MNIST's labels 0-9, named as the dataset and torchvision's FashionMNIST.classes name them.
-CLASSES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
+SPLITS = tuple(IDX_FILES)
 
 
 @dataclass(frozen=True)
@@ -42,21 +29,12 @@ class Split:
         return len(self.labels)
 
 
-def read_raw(root: str | Path) -> tuple[dict[str, Split], list[str]]:
-    """Read both splits from the IDX files in `root`/FashionMNIST/raw, as torchvision would."""
-    # The arrays are the ones torchvision's `FashionMNIST(root).data` and `.targets` hold (a
-    # test checks it); reading them with numpy spares this stage torchvision's import.
-    raw = Path(root) / "FashionMNIST" / "raw"
+def read_raw(raw_dir: str | Path) -> tuple[dict[str, Split], list[str]]:
+    """Read both splits from the IDX files in `raw_dir`, as torchvision would."""
+    # Read with numpy, which spares this stage torchvision's import.
     splits = {}
-    for split, prefix in (("train", "train"), ("test", "t10k")):
-        images = read_idx(raw / f"{prefix}-images-idx3-ubyte")
-        labels = read_idx(raw / f"{prefix}-labels-idx1-ubyte")
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise PipelineError(
-                f"{raw}: {split} images {images.shape} and labels {labels.shape} do not match"
-            )
-        if labels.size and int(labels.max()) >= len(CLASSES):
-            raise PipelineError(f"{raw}: {split} labels go up to {int(labels.max())}")
+    for split in SPLITS:
+        images, labels = read_split(raw_dir, split)
         splits[split] = Split(
             images=torch.from_numpy(images), labels=torch.from_numpy(labels.astype("int64"))
         )
@@ -76,31 +54,26 @@ def save_prepared(splits: dict[str, Split], classes: list[str], out_dir: str | P
 def load_split(prepared_dir: str | Path, split: str) -> Split:
     """Load one prepared split; only plain tensors are accepted (weights_only=True)."""
     path = Path(prepared_dir) / f"{split}.pt"
+    damaged = f"{path}: not a prepared split (damaged?); run `dvc repro -f prepare`"
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(payload, dict):
-            raise TypeError(type(payload).__name__)
-        split_data = Split(images=payload["images"], labels=payload["labels"])
     except FileNotFoundError:
         raise PipelineError(f"{path}: missing; run `dvc repro prepare` first") from None
-    except (
-        pickle.UnpicklingError,
-        RuntimeError,
-        EOFError,
-        OSError,
-        zipfile.BadZipFile,
-        KeyError,
-        TypeError,
-    ):
-        raise PipelineError(
-            f"{path}: not a prepared split (damaged?); run `dvc repro -f prepare`"
-        ) from None
-    return split_data
-
-
-def load_classes(prepared_dir: str | Path) -> list[str]:
-    """Load the class names, in label order."""
-    return json.loads((Path(prepared_dir) / CLASSES_FILE).read_text())
+    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError):
+        # What torch.load raises for a truncated, foreign or refused file; RuntimeError is its
+        # "failed reading zip archive".
+        raise PipelineError(damaged) from None
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot read ({exc.strerror})") from None
+    if not isinstance(payload, dict) or set(payload) != {"images", "labels"}:
+        raise PipelineError(damaged)
+    images, labels = payload["images"], payload["labels"]
+    tensors = isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor)
+    if not tensors or images.dtype != torch.uint8 or labels.dtype != torch.int64:
+        raise PipelineError(damaged)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise PipelineError(damaged)
+    return Split(images=images, labels=labels)
 
 
 def class_counts(split: Split, classes: list[str]) -> dict[str, int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from fmnist.errors import PipelineError
+from fmnist.pipeline.errors import PipelineError
 
 
 class LinearModel(nn.Module):

@@ -1,7 +1,8 @@
 """Pictures for people: sample grids, prediction grids, confusion matrices, comparison bars.
 
-matplotlib is imported here only, with the non-interactive Agg backend, so that stages which
-draw nothing never load it.
+Figures are matplotlib Figure objects saved by the Agg canvas, outside pyplot's registry; only
+mlxtend's confusion matrix needs pyplot, which it gets on the Agg backend when it draws. Only
+the compare stage imports this module, which spares the others matplotlib's import.
 """
 
 from __future__ import annotations
@@ -9,25 +10,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-from fmnist.atomic import atomic_path
+from fmnist.pipeline.atomic import atomic_path
 
 # No software/version stamp in PNGs, so identical inputs give identical bytes.
 PNG_METADATA = {"Software": None}
 RIGHT, WRONG = "green", "red"
 
 
-def save_figure(fig: plt.Figure, path: str | Path) -> None:
-    """Save a figure as PNG atomically and free its memory."""
+def new_figure(figsize: tuple[float, float]) -> Figure:
+    """Return an empty figure that belongs to no pyplot state (freed when dropped)."""
+    return Figure(figsize=figsize)
+
+
+def save_figure(fig: Figure, path: str | Path) -> None:
+    """Save a figure as PNG atomically (Figure.savefig uses the Agg canvas for PNG)."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight", metadata=PNG_METADATA)
-    plt.close(fig)
 
 
 def pick(n_items: int, k: int, seed: int) -> list[int]:
@@ -45,7 +47,8 @@ def image_grid(
     colors: Sequence[str] | None = None,
 ) -> None:
     """Draw grayscale images in a rows x cols grid, each titled (and optionally coloured)."""
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.3 * rows))
+    fig = new_figure((2.2 * cols, 2.3 * rows))
+    axes = fig.subplots(rows, cols)
     for i, ax in enumerate(np.asarray(axes).ravel()):
         ax.axis("off")
         if i < len(images):
@@ -89,12 +92,14 @@ def prediction_grid(
     image_grid(images[chosen], titles, path, rows, cols, colors)
 
 
-def confusion_figure(
-    matrix: np.ndarray, classes: Sequence[str], title: str
-) -> tuple[plt.Figure, plt.Axes]:
+def confusion_figure(matrix: np.ndarray, classes: Sequence[str], title: str) -> tuple[Figure, Axes]:
     """Draw a confusion matrix with mlxtend, as the lesson does: true classes in rows."""
+    import matplotlib.pyplot as plt
     from mlxtend.plotting import plot_confusion_matrix
 
+    # mlxtend labels pyplot's current axes, so the figure must be pyplot's; on Agg, never a
+    # window. Set here, not at import, so that importing this module changes nothing.
+    plt.switch_backend("agg")
     fig, ax = plot_confusion_matrix(conf_mat=matrix, class_names=list(classes), figsize=(10, 7))
     ax.set_title(title)
     return fig, ax
@@ -102,13 +107,17 @@ def confusion_figure(
 
 def confusion_png(matrix: np.ndarray, classes: Sequence[str], path: str | Path, title: str) -> None:
     """Save `confusion_figure` as PNG."""
+    import matplotlib.pyplot as plt
+
     fig, _ = confusion_figure(matrix, classes, title)
     save_figure(fig, path)
+    plt.close(fig)
 
 
 def accuracy_bars(models: Sequence[str], accuracy: Sequence[float], path: str | Path) -> None:
     """Draw test accuracy per model as horizontal bars, labelled with the value."""
-    fig, ax = plt.subplots(figsize=(7, 0.6 * len(models) + 1.2))
+    fig = new_figure((7, 0.6 * len(models) + 1.2))
+    ax = fig.add_subplot()
     percent = [100 * a for a in accuracy]
     bars = ax.barh(list(models), percent, color="#4c72b0")
     ax.bar_label(bars, labels=[f"{p:.2f}%" for p in percent], padding=3)

@@ -3,24 +3,24 @@
 Metrics and params diffs come from `dvc metrics diff --md` and `dvc params diff --md`. Metrics are
 committed to git, so the base needs no DVC remote. Run it after `dvc repro`:
 
-    python -m fmnist.report --base origin/main --out report.md
-    python -m fmnist.report --base origin/main --fail-on-regression   # exit 1 if a model got worse
+    fmnist-report --base origin/main --out report.md
+    fmnist-report --base origin/main --fail-on-regression   # exit 1 if a model got worse
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fmnist.atomic import write_text
-from fmnist.cli import entry_point, run_dvc
-from fmnist.errors import PipelineError
-from fmnist.params import load_params
-from fmnist.paths import COMPARISON_CSV, COMPARISON_DIR, IMAGES_DIR, MODEL_METRICS_DIR
+from fmnist.pipeline.atomic import write_text
+from fmnist.pipeline.cli import command_parser, entry_point
+from fmnist.pipeline.errors import PipelineError
+from fmnist.pipeline.params import load_params
+from fmnist.pipeline.paths import COMPARISON_CSV, COMPARISON_DIR, IMAGES_DIR, MODEL_METRICS_DIR
+from fmnist.tools.dvc_command import run_dvc
 
 ACCURACY = ".accuracy"  # a model's test accuracy in `dvc metrics diff`: `<model>.accuracy`
 
@@ -107,7 +107,7 @@ def results_table() -> str:
     # Imported here: pandas is slow to import and only this part of the report needs it.
     import pandas as pd
 
-    from fmnist.compare import to_markdown
+    from fmnist.pipeline.comparison import to_markdown
 
     return to_markdown(pd.read_csv(COMPARISON_CSV)).strip()
 
@@ -156,7 +156,7 @@ def build_report(
 @entry_point
 def main(argv: Sequence[str] | None = None) -> None:
     """Write the report to a file or to stdout; with --fail-on-regression, then apply the gate."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_parser(__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="revision to compare with, e.g. origin/main")
     parser.add_argument("--out", type=Path, help="write the report here instead of stdout")
     parser.add_argument("--params", default="params.yaml", help="parameters file (for the gate)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -12,20 +13,17 @@ from typing import Any
 
 import yaml
 
-from fmnist.errors import ParamsError
+from fmnist.pipeline.errors import PipelineError
+from fmnist.pipeline.paths import IDX_FILES
 
 # Kept here rather than imported from models.py so that validating params never imports torch;
 # a test checks that the model registry and this tuple agree.
 ARCHITECTURES = ("linear", "linear_relu", "tinyvgg")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16")
-# The files torchvision's FashionMNIST reader expects, in the order the pipeline fetches them.
-IDX_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
+COMPUTE_DTYPES = ("auto", "fp32", "bf16")
+# The files to checksum, in the order the pipeline fetches them.
+DATA_FILES = tuple(name for names in IDX_FILES.values() for name in names)
+log = logging.getLogger(__name__)
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
@@ -92,7 +90,7 @@ class CurvesParams:
 
 @dataclass(frozen=True)
 class GateParams:
-    """When the pull-request report fails: read by `fmnist.report` only, never by a stage."""
+    """When the change report fails a pull request: read by that tool alone, never by a stage."""
 
     max_accuracy_drop: float  # percentage points of test accuracy a model may lose
 
@@ -107,7 +105,7 @@ class ModelParams:
     lr: float
     epochs: int
     batch_size: int
-    precision: str
+    compute_dtype: str  # fp32 or bf16 (autocast); auto picks per device
 
     @property
     def label(self) -> str:
@@ -130,50 +128,51 @@ class Params:
         """Return one model's params, or fail naming the models that exist."""
         if name not in self.models:
             known = ", ".join(self.models)
-            raise ParamsError(f"unknown model {name!r}: params.yaml defines {known}")
+            raise PipelineError(f"unknown model {name!r}: params.yaml defines {known}")
         return self.models[name]
 
 
 Check = Callable[[Any, str], Any]
 
 
-def _positive_int(value: Any, path: str) -> int:
+def positive_int(value: Any, where: str) -> int:
+    """Return `value` if it is an integer above 0 (a bool is not), or fail naming `where`."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ParamsError(f"{path}: expected an integer > 0, got {value!r}")
+        raise PipelineError(f"{where}: expected an integer > 0, got {value!r}")
     return value
 
 
 def _non_negative_int(value: Any, path: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ParamsError(f"{path}: expected an integer >= 0, got {value!r}")
+        raise PipelineError(f"{path}: expected an integer >= 0, got {value!r}")
     return value
 
 
 def _seed(value: Any, path: str) -> int:
     # torch.manual_seed takes at most 64 bits; a larger seed would fail deep inside training.
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
-        raise ParamsError(f"{path}: expected an integer from 0 to 2**64 - 1, got {value!r}")
+        raise PipelineError(f"{path}: expected an integer from 0 to 2**64 - 1, got {value!r}")
     return value
 
 
 def _positive_float(value: Any, path: str) -> float:
     ok = isinstance(value, int | float) and not isinstance(value, bool)
     if not ok or not math.isfinite(value) or value <= 0:
-        raise ParamsError(f"{path}: expected a number > 0, got {value!r}")
+        raise PipelineError(f"{path}: expected a number > 0, got {value!r}")
     return float(value)
 
 
 def _non_negative_float(value: Any, path: str) -> float:
     ok = isinstance(value, int | float) and not isinstance(value, bool)
     if not ok or not math.isfinite(value) or value < 0:
-        raise ParamsError(f"{path}: expected a number >= 0, got {value!r}")
+        raise PipelineError(f"{path}: expected a number >= 0, got {value!r}")
     return float(value)
 
 
 def _choice(*allowed: str) -> Check:
     def check(value: Any, path: str) -> str:
         if value not in allowed:
-            raise ParamsError(f"{path}: expected one of {', '.join(allowed)}; got {value!r}")
+            raise PipelineError(f"{path}: expected one of {', '.join(allowed)}; got {value!r}")
         return value
 
     return check
@@ -181,12 +180,12 @@ def _choice(*allowed: str) -> Check:
 
 def _sources(value: Any, path: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
-        raise ParamsError(
+        raise PipelineError(
             f"{path}: expected a non-empty list of directories or URLs, got {value!r}"
         )
     for i, item in enumerate(value):
         if not isinstance(item, str) or not item.strip():
-            raise ParamsError(f"{path}[{i}]: expected a directory or URL, got {item!r}")
+            raise PipelineError(f"{path}[{i}]: expected a directory or URL, got {item!r}")
     return tuple(value)
 
 
@@ -196,22 +195,23 @@ def _keep(value: Any, path: str) -> Any:
 
 def _checksums(value: Any, path: str) -> Mapping[str, str]:
     if not isinstance(value, dict):
-        raise ParamsError(f"{path}: expected a mapping of file name to SHA-256, got {value!r}")
-    unknown = sorted(set(value) - set(IDX_FILES), key=str)
+        raise PipelineError(f"{path}: expected a mapping of file name to SHA-256, got {value!r}")
+    unknown = sorted(set(value) - set(DATA_FILES), key=str)
     if unknown:
-        raise ParamsError(f"{path}.{unknown[0]}: unknown file (expected {', '.join(IDX_FILES)})")
-    for name in IDX_FILES:
+        raise PipelineError(f"{path}.{unknown[0]}: unknown file (expected {', '.join(DATA_FILES)})")
+    for name in DATA_FILES:
         digest = value.get(name)
         if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
-            raise ParamsError(f"{path}.{name}: expected 64 hexadecimal digits, got {digest!r}")
-    return MappingProxyType({name: value[name].lower() for name in IDX_FILES})
+            raise PipelineError(f"{path}.{name}: expected 64 hexadecimal digits, got {digest!r}")
+    return MappingProxyType({name: value[name].lower() for name in DATA_FILES})
 
 
 def _section(raw: Any, path: str, checks: Mapping[str, Check]) -> dict[str, Any]:
     """Check one mapping: every key known, every key present, every value valid."""
     if not isinstance(raw, dict):
         where = path or "params.yaml"
-        raise ParamsError(f"{where}: expected a mapping with keys {', '.join(checks)}, got {raw!r}")
+        keys = ", ".join(checks)
+        raise PipelineError(f"{where}: expected a mapping with keys {keys}, got {raw!r}")
 
     def key_path(key: Any) -> str:
         return f"{path}.{key}" if path else str(key)
@@ -219,21 +219,38 @@ def _section(raw: Any, path: str, checks: Mapping[str, Check]) -> dict[str, Any]
     unknown = sorted(set(raw) - set(checks), key=str)
     if unknown:
         allowed = ", ".join(checks)
-        raise ParamsError(f"{key_path(unknown[0])}: unknown key (allowed: {allowed})")
+        raise PipelineError(f"{key_path(unknown[0])}: unknown key (allowed: {allowed})")
     missing = [key for key in checks if key not in raw]
     if missing:
-        raise ParamsError(f"{key_path(missing[0])}: missing (required: {', '.join(checks)})")
+        raise PipelineError(f"{key_path(missing[0])}: missing (required: {', '.join(checks)})")
     return {key: check(raw[key], key_path(key)) for key, check in checks.items()}
+
+
+def _renamed_keys(raw: Any, path: str, renamed: Mapping[str, str]) -> Any:
+    """Read a section's old key names as their new ones, warning once per key."""
+    if not isinstance(raw, dict):
+        return raw
+    section = dict(raw)
+    for old, new in renamed.items():
+        if old not in section:
+            continue
+        if new in section:
+            raise PipelineError(f"{path}: {old} and {new} are the same setting; keep {new} only")
+        log.warning("%s.%s is deprecated: rename it %s (same values)", path, old, new)
+        section[new] = section.pop(old)
+    return section
 
 
 _MODEL_CHECKS: Mapping[str, Check] = {
     "arch": _choice(*ARCHITECTURES),
-    "hidden_units": _positive_int,
+    "hidden_units": positive_int,
     "lr": _positive_float,
-    "epochs": _positive_int,
-    "batch_size": _positive_int,
-    "precision": _choice(*PRECISIONS),
+    "epochs": positive_int,
+    "batch_size": positive_int,
+    "compute_dtype": _choice(*COMPUTE_DTYPES),
 }
+# Keys params.yaml once used, and what replaced them: still read, with a warning.
+_RENAMED_MODEL_KEYS = {"precision": "compute_dtype"}
 
 
 def parse_params(raw: Any) -> Params:
@@ -258,7 +275,7 @@ def parse_params(raw: Any) -> Params:
                 "device": _choice(*DEVICES),
                 "seed": _seed,
                 "threads": _non_negative_int,
-                "processes": _positive_int,
+                "processes": positive_int,
             },
         )
     )
@@ -269,18 +286,19 @@ def parse_params(raw: Any) -> Params:
             {"sources": _sources, "sha256": _checksums, "timeout_s": _positive_float},
         )
     )
-    eval_params = EvalParams(**_section(top["eval"], "eval", {"batch_size": _positive_int}))
-    curves = CurvesParams(**_section(top["curves"], "curves", {"loss_every": _positive_int}))
+    eval_params = EvalParams(**_section(top["eval"], "eval", {"batch_size": positive_int}))
+    curves = CurvesParams(**_section(top["curves"], "curves", {"loss_every": positive_int}))
     gate = GateParams(**_section(top["gate"], "gate", {"max_accuracy_drop": _non_negative_float}))
     models_raw = top["models"]
     if not isinstance(models_raw, dict) or not models_raw:
-        raise ParamsError(
+        raise PipelineError(
             f"models: expected a non-empty mapping of model sections, got {models_raw!r}"
         )
     models = {}
     for name, section in models_raw.items():
         if not isinstance(name, str) or not name.isidentifier():
-            raise ParamsError(f"models.{name}: a model name must be a plain identifier")
+            raise PipelineError(f"models.{name}: a model name must be a plain identifier")
+        section = _renamed_keys(section, f"models.{name}", _RENAMED_MODEL_KEYS)
         models[name] = ModelParams(name=name, **_section(section, f"models.{name}", _MODEL_CHECKS))
     return Params(
         runtime=runtime,
@@ -298,13 +316,13 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     try:
         raw = yaml.load(path.read_text(), Loader=_Loader)
     except FileNotFoundError:
-        raise ParamsError(f"{path}: no such file") from None
+        raise PipelineError(f"{path}: no such file") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ParamsError(f"{path}: not valid YAML{where}: {exc.problem}") from None
+        raise PipelineError(f"{path}: not valid YAML{where}: {exc.problem}") from None
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML ({exc})") from None
+        raise PipelineError(f"{path}: not valid YAML ({exc})") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ParamsError(f"{path}: cannot read ({exc})") from None
+        raise PipelineError(f"{path}: cannot read ({exc})") from None
     return parse_params(raw)

@@ -1,28 +1,60 @@
-"""What every stage entry point shares: arguments, logging, timing and one-line errors."""
+"""What every command shares: arguments, logging, timing, and one-line errors.
+
+A `PipelineError` is printed as one line (`error: ...`) and exits 1. With `--debug`, or
+FMNIST_DEBUG=1 in the environment (which `dvc repro` passes on to the stages), it is raised
+instead, with its full traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import functools
 import logging
+import os
 import resource
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 
-from fmnist.errors import PipelineError
+from fmnist.pipeline.errors import PipelineError
+from fmnist.pipeline.params import positive_int
 
 log = logging.getLogger("fmnist")
+DEBUG_ENV = "FMNIST_DEBUG"
+
+
+def command_parser(description: str | None, prog: str | None = None) -> argparse.ArgumentParser:
+    """Return a parser that takes `--debug`, for a stage or a tool."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"show the full traceback of an error (or set {DEBUG_ENV}=1)",
+    )
+    return parser
 
 
 def stage_parser(description: str | None, model: bool = False) -> argparse.ArgumentParser:
     """Return a parser with the options every stage takes (`--params`, and `--model` if asked)."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = command_parser(description)
     parser.add_argument("--params", default="params.yaml", help="parameters file")
     if model:
         parser.add_argument("--model", required=True, help="a model name from params.yaml")
     return parser
+
+
+def positive_int_arg(text: str) -> int:
+    """Read an option's value as an integer above 0 (an argparse `type`)."""
+    try:
+        return positive_int(int(text), "value")
+    except (ValueError, PipelineError):
+        raise argparse.ArgumentTypeError(f"expected an integer > 0, got {text!r}") from None
+
+
+def debugging(argv: Sequence[str] | None = None) -> bool:
+    """Tell whether errors should show their traceback: `--debug` given or FMNIST_DEBUG=1."""
+    args = sys.argv[1:] if argv is None else argv
+    return "--debug" in args or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
 def peak_mb() -> float:
@@ -31,16 +63,8 @@ def peak_mb() -> float:
     return peak / 1e6 if sys.platform == "darwin" else peak * 1024 / 1e6
 
 
-def run_dvc(*args: str) -> str:
-    """Run a DVC command with this interpreter in the current folder; return its stdout."""
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise PipelineError(f"`dvc {' '.join(args)}` failed: {result.stderr.strip()}")
-    return result.stdout
-
-
 def entry_point(main: Callable[[Sequence[str] | None], None]) -> Callable[..., None]:
-    """Wrap a stage's main: log its duration, and turn a PipelineError into one line and exit 1."""
+    """Wrap a command's main: log its duration, and turn a PipelineError into one line, exit 1."""
 
     @functools.wraps(main)
     def wrapper(argv: Sequence[str] | None = None) -> None:
@@ -57,6 +81,8 @@ def entry_point(main: Callable[[Sequence[str] | None], None]) -> Callable[..., N
         try:
             main(argv)
         except PipelineError as exc:
+            if debugging(argv):
+                raise
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
         except KeyboardInterrupt:

@@ -1,9 +1,9 @@
 """Share results through a DVC remote: a local S3-compatible store to try it, and a remote check.
 
-    python -m fmnist.remote start          # SeaweedFS on 127.0.0.1, the --local default remote
-    python -m fmnist.remote stop
-    python -m fmnist.remote check [NAME]   # reach the remote with its credentials, or say why not
-    python -m fmnist.remote push [NAME]    # dvc push --run-cache, and what restoring runs needs
+    fmnist-remote start          # SeaweedFS on 127.0.0.1, the --local default remote
+    fmnist-remote stop
+    fmnist-remote check [NAME]   # reach the remote with its credentials, or say why not
+    fmnist-remote push [NAME]    # dvc push --run-cache, and what restoring runs needs
 
 The store keeps its objects, credentials and log under `.storage/` (git-ignored), so a restart
 finds what was pushed before. Its credentials are made at the first start and written only to
@@ -12,7 +12,6 @@ finds what was pushed before. Its credentials are made at the first start and wr
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -28,9 +27,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fmnist.atomic import write_json
-from fmnist.cli import entry_point, run_dvc
-from fmnist.errors import PipelineError
+from fmnist.pipeline.atomic import write_json
+from fmnist.pipeline.cli import command_parser, entry_point
+from fmnist.pipeline.errors import PipelineError
+from fmnist.tools.dvc_command import run_dvc
 
 HOST = "127.0.0.1"
 STORE_DIR = Path(".storage")
@@ -433,7 +433,7 @@ def push(name: str | None = None) -> None:
 @entry_point
 def main(argv: Sequence[str] | None = None) -> None:
     """Start or stop the local store, or check a remote."""
-    parser = argparse.ArgumentParser(prog="python -m fmnist.remote", description=__doc__)
+    parser = command_parser(__doc__, prog="fmnist-remote")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("start", help="start the local S3 store and make it the default remote")
     commands.add_parser("stop", help="stop the local S3 store")

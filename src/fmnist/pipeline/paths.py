@@ -4,6 +4,11 @@ from pathlib import Path
 
 DATA_ROOT = Path("data")
 RAW_DIR = DATA_ROOT / "FashionMNIST" / "raw"
+# The dataset's four IDX files by split, images then labels, named as torchvision names them.
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 PREPARED_DIR = DATA_ROOT / "prepared"
 CLASSES_FILE = "classes.json"  # the class names, in label order, beside the prepared tensors
 MODELS_DIR = Path("models")

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fmnist.errors import PipelineError
-from fmnist.runtime import autocast
+from fmnist.pipeline.errors import PipelineError
+from fmnist.pipeline.runtime import autocast
 
 
 class Progress(Protocol):
@@ -113,7 +113,7 @@ def train_one_epoch(
     batches: list[torch.Tensor],
     optimizer: Optimizer,
     progress: Progress | None = None,
-    precision: str = "fp32",
+    compute_dtype: str = "fp32",
     shard: Shard | None = None,
 ) -> dict[str, Any]:
     """Run one pass; return mean loss, accuracy and each step's loss, or raise NonFiniteLoss."""
@@ -134,7 +134,7 @@ def train_one_epoch(
     seen = 0
     for step, index in enumerate(local, start=1):
         x, y = images.index_select(0, index), labels.index_select(0, index)
-        with autocast(device, precision):
+        with autocast(device, compute_dtype):
             logits = model(x)
             if shard is None:
                 loss = F.cross_entropy(logits, y)
@@ -178,13 +178,13 @@ def train_one_epoch(
 
 @torch.inference_mode()
 def predict_logits(
-    model: nn.Module, images: torch.Tensor, batch_size: int, precision: str = "fp32"
+    model: nn.Module, images: torch.Tensor, batch_size: int, compute_dtype: str = "fp32"
 ) -> torch.Tensor:
     """Return the fp32 logits for every image, computed in batches of `batch_size`."""
     model.eval()
     chunks = []
     for chunk in images.split(batch_size):
-        with autocast(images.device, precision):
+        with autocast(images.device, compute_dtype):
             chunks.append(model(chunk).float())
     return torch.cat(chunks)
 
@@ -196,12 +196,12 @@ def score_logits(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]
     return {"loss": loss.item(), "accuracy": correct.item() / len(labels)}
 
 
-def evaluate(
+def score(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
     batch_size: int,
-    precision: str = "fp32",
+    compute_dtype: str = "fp32",
 ) -> dict[str, float]:
     """Score `model` on every sample; `batch_size` changes speed and memory, not the result."""
-    return score_logits(predict_logits(model, images, batch_size, precision), labels)
+    return score_logits(predict_logits(model, images, batch_size, compute_dtype), labels)

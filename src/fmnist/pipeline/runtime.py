@@ -1,4 +1,4 @@
-"""Device, precision, threads and seeding: one idiom for every stage that runs a model."""
+"""Device, compute dtype, threads and seeding: one idiom for every stage that runs a model."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from fmnist.errors import PipelineError
+from fmnist.pipeline.errors import PipelineError
 
 
 def available_devices() -> list[str]:
@@ -23,15 +23,16 @@ def available_devices() -> list[str]:
     return [*found, "cpu"]
 
 
-def resolve_device(name: str) -> torch.device:
-    """Turn params' device into a torch.device: `auto` picks cuda, then mps, then cpu."""
+def resolve_device(name: str, setting: str = "runtime.device") -> torch.device:
+    """Turn a device name into a torch.device: `auto` picks cuda, then mps, then cpu."""
+    # `setting` names where the name came from (params' key, a tool's option) in the error.
     available = available_devices()
     if name == "auto":
         return torch.device(available[0])
     if name not in available:
         raise PipelineError(
-            f"runtime.device: {name!r} is not available on this machine "
-            f"(available: {', '.join(available)}); set it to auto or one of those"
+            f"{setting}: {name!r} is not available on this machine "
+            f"(available: {', '.join(available)}); use auto or one of those"
         )
     return torch.device(name)
 
@@ -65,8 +66,8 @@ def native_bf16(device: torch.device) -> bool:
     return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
-    """Turn a model's precision into fp32 or bf16: `auto` is bf16 on CPUs with native bf16."""
+def resolve_compute_dtype(name: str, device: torch.device) -> str:
+    """Turn a model's compute dtype into fp32 or bf16: `auto` is bf16 on CPUs with native bf16."""
     # Elsewhere bf16 is emulated on CPUs (several times slower) and, on GPUs, models this small
     # are bound by kernel launches: autocast's casts only add kernels.
     if name == "auto":
@@ -74,12 +75,12 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return name
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Return the context that runs one step's forward pass in `precision` (fp32 or bf16)."""
+def autocast(device: torch.device, compute_dtype: str) -> contextlib.AbstractContextManager:
+    """Return the context that runs one step's forward pass in `compute_dtype` (fp32 or bf16)."""
     # Enter it around each step, not around a whole epoch: autocast caches its low-precision
     # copies of the weights until the context exits, so a long-lived context would keep using
     # the weights of the first step.
-    if precision == "fp32":
+    if compute_dtype == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
 

@@ -12,12 +12,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from fmnist.atomic import atomic_open, write_json
-from fmnist.errors import PipelineError
-from fmnist.models import build_model
-from fmnist.params import ARCHITECTURES, ModelParams
+from fmnist.pipeline.atomic import atomic_open, write_json
+from fmnist.pipeline.errors import PipelineError
+from fmnist.pipeline.models import build_model
+from fmnist.pipeline.params import ARCHITECTURES, ModelParams, positive_int
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Format 1 named the compute dtype `precision`; it is read as format 2.
+_RENAMED_IN_2 = {"precision": "compute_dtype"}
 ARCH_KEYS = ("arch", "hidden_units", "in_channels", "image_size", "num_classes")
 
 
@@ -66,30 +68,36 @@ def load_metadata(weights: str | Path) -> dict[str, Any]:
         raise PipelineError(f"{path}: missing sidecar for {weights}") from None
     except json.JSONDecodeError as exc:
         raise PipelineError(f"{path}: not valid JSON ({exc})") from None
-    valid = isinstance(meta, dict) and meta.get("format") == FORMAT_VERSION
+    valid = isinstance(meta, dict) and meta.get("format") in (1, FORMAT_VERSION)
     if not valid or any(key not in meta for key in ARCH_KEYS):
         raise PipelineError(f"{path}: not a checkpoint sidecar of format {FORMAT_VERSION}")
+    hyperparameters = meta.get("hyperparameters")
+    if meta["format"] == 1 and isinstance(hyperparameters, dict):
+        for old, new in _RENAMED_IN_2.items():
+            if old in hyperparameters:
+                hyperparameters[new] = hyperparameters.pop(old)
     if meta["arch"] not in ARCHITECTURES:
         raise PipelineError(
             f"{path}: arch: expected one of {', '.join(ARCHITECTURES)}; got {meta['arch']!r}"
         )
     for key in ARCH_KEYS[1:]:
-        value = meta[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise PipelineError(f"{path}: {key}: expected an integer > 0, got {value!r}")
+        positive_int(meta[key], f"{path}: {key}")
     return meta
 
 
-def check_matches_params(meta: dict[str, Any], hp: ModelParams, weights: str | Path) -> None:
+def check_matches_params(
+    meta: dict[str, Any], model_params: ModelParams, weights: str | Path
+) -> None:
     """Fail unless the sidecar describes the model that params.yaml defines (stale weights)."""
-    wanted = {"arch": hp.arch, "hidden_units": hp.hidden_units}
+    wanted = {"arch": model_params.arch, "hidden_units": model_params.hidden_units}
     differ = [key for key, value in wanted.items() if meta.get(key) != value]
     if differ:
         found = ", ".join(f"{key}={meta.get(key)!r}" for key in differ)
-        expected = ", ".join(f"models.{hp.name}.{key}={wanted[key]!r}" for key in differ)
+        name = model_params.name
+        expected = ", ".join(f"models.{name}.{key}={wanted[key]!r}" for key in differ)
         raise PipelineError(
             f"{sidecar_path(weights)}: the weights were trained with {found}, but params.yaml "
-            f"has {expected}: re-run `dvc repro train@{hp.name}`"
+            f"has {expected}: re-run `dvc repro train@{name}`"
         )
 
 
@@ -119,9 +127,11 @@ def load_checkpoint(
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
         raise PipelineError(f"{weights}: not a loadable weights file ({_first(exc)})") from None
+    if not isinstance(state, dict):
+        raise PipelineError(f"{weights}: not a state_dict (it holds a {type(state).__name__})")
     try:
         model.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as exc:
+    except RuntimeError as exc:  # missing, unexpected or misshapen tensors
         raise PipelineError(
             f"{weights}: weights do not fit a {meta['arch']} model with "
             f"hidden_units={meta['hidden_units']}: {_first(exc)}"

@@ -7,18 +7,17 @@ check needs no data, so CI runs it on a fresh clone before pulling or training a
 other stages' cached outputs (compare's `data/predictions`, whose `.gitignore` is in git) for
 modified when those outputs are merely not pulled.
 
-    python -m fmnist.lockcheck        # exit 1 naming the stale stages and why, else 0
+    fmnist-lock-check        # exit 1 naming the stale stages and why, else 0
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
-from fmnist.cli import entry_point
-from fmnist.errors import PipelineError
+from fmnist.pipeline.cli import command_parser, entry_point
+from fmnist.pipeline.errors import PipelineError
 
 # States of an output or dependency that only say its data is not in this clone.
 _ABSENT = {"deleted", "not in cache"}
@@ -73,7 +72,7 @@ def check_lock() -> dict[str, list[str]]:
 @entry_point
 def main(argv: Sequence[str] | None = None) -> None:
     """Check dvc.lock against the workspace's code and params."""
-    argparse.ArgumentParser(prog="python -m fmnist.lockcheck", description=__doc__).parse_args(argv)
+    command_parser(__doc__, prog="fmnist-lock-check").parse_args(argv)
     stale = check_lock()
     if stale:
         details = "; ".join(f"{stage} ({', '.join(why)})" for stage, why in stale.items())

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from fmnist.errors import PipelineError
+from fmnist.pipeline.errors import PipelineError
 
 MAX_FILE_BYTES = 50 * 1024 * 1024
 # Pixels actually decoded (after JPEG draft scaling): at most about 100 MB as RGBA, far below

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fmnist.atomic import atomic_open
-from fmnist.errors import PipelineError
+from fmnist.pipeline.atomic import atomic_open
+from fmnist.pipeline.errors import PipelineError
 
 COLUMNS = (
     "model",
@@ -20,7 +20,7 @@ COLUMNS = (
     "train_seconds",
     "parameters",
     "device",
-    "precision",
+    "compute_dtype",
 )
 
 
@@ -47,13 +47,13 @@ def to_markdown(table: pd.DataFrame) -> str:
     """Render the comparison as a GitHub Markdown table, accuracy in percent."""
     lines = [
         "| model | architecture | test loss | test accuracy | train (s) | parameters | device "
-        "| precision |",
+        "| compute dtype |",
         "|---|---|--:|--:|--:|--:|---|---|",
     ]
     for row in table.itertuples(index=False):
         lines.append(
             f"| {row.model} | {row.arch} | {row.loss:.4f} | {100 * row.accuracy:.2f}% | "
-            f"{row.train_seconds:.1f} | {row.parameters:,} | {row.device} | {row.precision} |"
+            f"{row.train_seconds:.1f} | {row.parameters:,} | {row.device} | {row.compute_dtype} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -85,19 +85,6 @@ def join_curves(
     return pd.concat(epochs, ignore_index=True), pd.concat(steps, ignore_index=True)
 
 
-def load_classes(path: str | Path) -> list[str]:
-    """Read the class names that prepare wrote, in label order (without importing torch)."""
-    try:
-        classes = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: missing; run `dvc repro prepare`") from None
-    except json.JSONDecodeError as exc:
-        raise PipelineError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-        raise PipelineError(f"{path}: expected a list of class names")
-    return classes
-
-
 def load_predictions(
     path: str | Path, classes: Sequence[str], count: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -116,9 +103,3 @@ def load_predictions(
             raise PipelineError(f"{path}: {column} class {unknown[0]!r} is not a dataset class")
         labels.append(pairs[column].map(index).to_numpy(dtype=np.int64))
     return labels[0], labels[1]
-
-
-def confusion_counts(actual: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    """Count (actual, predicted) pairs: rows are true classes, columns predictions."""
-    flat = np.bincount(actual * num_classes + predicted, minlength=num_classes * num_classes)
-    return flat.reshape(num_classes, num_classes)

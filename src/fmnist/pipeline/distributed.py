@@ -16,9 +16,9 @@ from datetime import timedelta
 import torch
 from torch import nn
 
-from fmnist.engine import Shard
-from fmnist.errors import PipelineError
-from fmnist.runtime import resolve_device
+from fmnist.pipeline.engine import Shard
+from fmnist.pipeline.errors import PipelineError
+from fmnist.pipeline.runtime import resolve_device
 
 # A collective that waits longer than this for a peer raises instead of hanging forever (a
 # peer on another node that froze, say; one that dies is noticed by torchrun within a second).

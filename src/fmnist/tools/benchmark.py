@@ -23,11 +23,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fmnist.data import Split
-from fmnist.models import build_model
-from fmnist.params import ModelParams
-from fmnist.runtime import resolve_precision, seed_everything
-from fmnist.training import train_model
+from fmnist.pipeline.data import Split
+from fmnist.pipeline.models import build_model
+from fmnist.pipeline.params import ModelParams
+from fmnist.pipeline.runtime import resolve_compute_dtype, seed_everything
+from fmnist.pipeline.training import train_model
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def lesson_datasets(root: str | Path) -> tuple[torch.utils.data.Dataset, torch.u
 
 
 def lesson_train(
-    hp: ModelParams,
+    model_params: ModelParams,
     train_data: torch.utils.data.Dataset,
     test_data: torch.utils.data.Dataset,
     seed: int,
@@ -74,13 +74,14 @@ def lesson_train(
     from torch.utils.data import DataLoader
 
     seed_everything(seed)
-    model = build_model(hp.arch, hp.hidden_units)
-    optimizer = torch.optim.SGD(model.parameters(), lr=hp.lr)
+    model = build_model(model_params.arch, model_params.hidden_units)
+    optimizer = torch.optim.SGD(model.parameters(), lr=model_params.lr)
     shuffle = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(train_data, batch_size=hp.batch_size, shuffle=True, generator=shuffle)
-    test_loader = DataLoader(test_data, batch_size=hp.batch_size, shuffle=False)
+    batch_size = model_params.batch_size
+    train_loader = DataLoader(train_data, batch_size=batch_size, shuffle=True, generator=shuffle)
+    test_loader = DataLoader(test_data, batch_size=batch_size, shuffle=False)
     start = time.perf_counter()
-    for _ in range(hp.epochs):
+    for _ in range(model_params.epochs):
         model.train()
         train_loss, train_acc = 0.0, 0.0
         for x, y in train_loader:
@@ -95,7 +96,7 @@ def lesson_train(
     seconds = time.perf_counter() - start
     return Run(
         seconds=seconds,
-        samples_per_second=hp.epochs * len(train_data) / seconds,
+        samples_per_second=model_params.epochs * len(train_data) / seconds,
         test_loss=test_loss,
         test_accuracy=test_acc,
         threads=torch.get_num_threads(),
@@ -116,7 +117,7 @@ def _lesson_test(model: nn.Module, loader: torch.utils.data.DataLoader) -> tuple
 
 
 def engine_train(
-    hp: ModelParams,
+    model_params: ModelParams,
     train: Split,
     test: Split,
     seed: int,
@@ -126,19 +127,19 @@ def engine_train(
 ) -> Run:
     """Train with the project's engine, exactly as the train stage does (without saving)."""
     result = train_model(
-        hp,
+        model_params,
         train,
         test,
         seed=seed,
         device=device,
         eval_batch_size=eval_batch_size,
-        precision=resolve_precision(hp.precision, device),
+        compute_dtype=resolve_compute_dtype(model_params.compute_dtype, device),
         threads=threads,
     )
     last = result.history[-1]
     return Run(
         seconds=result.seconds,
-        samples_per_second=hp.epochs * len(train) / result.seconds,
+        samples_per_second=model_params.epochs * len(train) / result.seconds,
         test_loss=last["test_loss"],
         test_accuracy=last["test_accuracy"],
         threads=result.threads,
@@ -171,7 +172,7 @@ def environment(device: torch.device) -> dict[str, object]:
 
 
 def compare_model(
-    hp: ModelParams,
+    model_params: ModelParams,
     lesson_data: tuple[torch.utils.data.Dataset, torch.utils.data.Dataset],
     splits: tuple[Split, Split],
     *,
@@ -180,18 +181,18 @@ def compare_model(
     eval_batch_size: int,
     threads: int = 0,
 ) -> dict[str, object]:
-    """Train `hp` both ways and report each run and the ratio project/lesson of wall time."""
+    """Train a model both ways; report each run and the ratio project/lesson of wall time."""
     # The engine goes first: a process runs faster once its allocator and caches are warm, and
     # that advantage should go to the lesson's loop, not to the engine.
-    engine = engine_train(hp, *splits, seed, device, eval_batch_size, threads)
-    lesson = lesson_train(hp, *lesson_data, seed)
+    engine = engine_train(model_params, *splits, seed, device, eval_batch_size, threads)
+    lesson = lesson_train(model_params, *lesson_data, seed)
     return {
-        "model": hp.name,
-        "arch": hp.arch,
-        "epochs": hp.epochs,
-        "batch_size": hp.batch_size,
-        "lr": hp.lr,
-        "precision": resolve_precision(hp.precision, device),
+        "model": model_params.name,
+        "arch": model_params.arch,
+        "epochs": model_params.epochs,
+        "batch_size": model_params.batch_size,
+        "lr": model_params.lr,
+        "compute_dtype": resolve_compute_dtype(model_params.compute_dtype, device),
         "lesson": lesson.as_dict(),
         "project": engine.as_dict(),
         "time_ratio": round(engine.seconds / lesson.seconds, 4),

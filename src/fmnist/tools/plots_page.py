@@ -4,14 +4,13 @@
 from `dvc plots show --json` (or `dvc plots diff --json REV...`), renders each Vega-Lite spec to
 SVG with vl-convert, and embeds the SVGs and DVC's PNG plots in a single self-contained page.
 
-    python -m fmnist.render_plots              # the workspace, into dvc_plots/index.html
-    python -m fmnist.render_plots main         # workspace against main, like `dvc plots diff`
-    python -m fmnist.render_plots --png docs/charts   # also each chart as a PNG, for a README
+    fmnist-plots              # the workspace, into dvc_plots/index.html
+    fmnist-plots main         # workspace against main, like `dvc plots diff`
+    fmnist-plots --png docs/charts   # also each chart as a PNG, for a README
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import json
@@ -21,9 +20,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from fmnist.atomic import atomic_open, write_text
-from fmnist.cli import entry_point, run_dvc
-from fmnist.errors import PipelineError
+from fmnist.pipeline.atomic import atomic_open, write_text
+from fmnist.pipeline.cli import command_parser, entry_point
+from fmnist.pipeline.errors import PipelineError
+from fmnist.tools.dvc_command import run_dvc
 
 DEFAULT_OUT = Path("dvc_plots")
 PAGE = "index.html"
@@ -160,7 +160,7 @@ def write_page(plots: dict[str, Any], out_dir: Path) -> Path:
 @entry_point
 def main(argv: Sequence[str] | None = None) -> None:
     """Write the offline page for the workspace, or for the given revisions."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_parser(__doc__.splitlines()[0])
     parser.add_argument("revisions", nargs="*", help="revisions to compare, as `dvc plots diff`")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the page")
     parser.add_argument(

@@ -1,6 +1,6 @@
 """Run a grid of experiments with DVC's queue and parallel workers, then compare them.
 
-    python -m fmnist.sweep --jobs 2 -S 'models.model_2.lr=0.05,0.1' -S 'models.model_0.lr=0.1,0.2'
+    fmnist-sweep --jobs 2 -S 'models.model_2.lr=0.05,0.1' -S 'models.model_0.lr=0.1,0.2'
 
 queues every combination (`dvc exp run --queue -S ... -S ...`), starts `dvc queue start --jobs N`
 with the cores shared out between the workers, waits for every experiment to end, prints a
@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fmnist.atomic import atomic_path, write_text
-from fmnist.cli import entry_point
-from fmnist.errors import PipelineError
-from fmnist.paths import MODEL_METRICS_DIR
+from fmnist.pipeline.atomic import write_text
+from fmnist.pipeline.cli import command_parser, entry_point, positive_int_arg
+from fmnist.pipeline.errors import PipelineError
+from fmnist.pipeline.paths import MODEL_METRICS_DIR
+from fmnist.tools.dvc_command import run_dvc
 
 DONE = ("Success", "Failed")
 # How often to ask DVC for the queue's state, and how many polls in a row (half a minute) may
@@ -75,20 +76,10 @@ def worker_env(
     return env
 
 
-def dvc(*args: str, env: Mapping[str, str] | None = None, check: bool = True) -> str:
-    """Run a DVC command with this interpreter; return stdout (or fail with its stderr)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "dvc", *args], capture_output=True, text=True, env=env
-    )
-    if check and result.returncode != 0:
-        raise PipelineError(f"`dvc {' '.join(args)}` failed: {result.stderr.strip()}")
-    return result.stdout
-
-
 def queue(overrides: Sequence[str], env: Mapping[str, str]) -> dict[str, list[str]]:
     """Queue one experiment per combination of the `-S` values; return each one's `-S` values."""
     args = [arg for override in overrides for arg in ("-S", override)]
-    out = dvc("exp", "run", "--queue", *args, env=env)
+    out = run_dvc("exp", "run", "--queue", *args, env=env)
     queued, pending = {}, []
     for line in out.splitlines():
         if match := re.match(r"Queueing with overrides '(.*)'\.$", line):
@@ -107,7 +98,7 @@ def queue(overrides: Sequence[str], env: Mapping[str, str]) -> dict[str, list[st
 
 def queue_status(env: Mapping[str, str]) -> tuple[dict[str, str], int]:
     """Each queued experiment's state by name, and how many workers are active or idle."""
-    out = dvc("queue", "status", env=env)
+    out = run_dvc("queue", "status", env=env)
     states, workers = {}, 0
     for line in out.splitlines():
         parts = line.split()
@@ -126,7 +117,7 @@ def run_queue(
     # DVC's workers can stop while experiments are still queued (dvc#10562, seen with
     # --jobs > 1); an experiment is then never run. Start them again when that happens, and
     # call an experiment that twice more finds no worker to run it lost.
-    dvc("queue", "start", "--jobs", str(jobs), env=env)
+    run_dvc("queue", "start", "--jobs", str(jobs), env=env)
     deadline = time.monotonic() + timeout_s
     idle = restarts = 0
     while True:
@@ -139,7 +130,7 @@ def run_queue(
         if idle >= IDLE_POLLS and restarts == 2:
             return {n: s if s in DONE else "Lost" for n, s in mine.items()}
         if idle >= IDLE_POLLS:
-            dvc("queue", "start", "--jobs", str(jobs), env=env)
+            run_dvc("queue", "start", "--jobs", str(jobs), env=env)
             idle, restarts = 0, restarts + 1
         if time.monotonic() > deadline:
             late = ", ".join(f"{n} ({s})" for n, s in mine.items() if s not in DONE)
@@ -160,7 +151,7 @@ def _dig(tree: Mapping[str, Any], dotted: str) -> Any:
 def collect(names: Sequence[str], keys: Sequence[str], env: Mapping[str, str]) -> dict[str, Any]:
     """Each finished experiment's swept params and per-model metrics, from `dvc exp show`."""
     found: dict[str, Any] = {}
-    for baseline in json.loads(dvc("exp", "show", "--json", env=env)):
+    for baseline in json.loads(run_dvc("exp", "show", "--json", env=env)):
         for group in baseline.get("experiments") or []:
             for rev in group["revs"]:
                 # A failed experiment is listed too, with an error and its baseline's data.
@@ -248,16 +239,14 @@ def format_table(rows: list[list[str]]) -> str:
 
 def draw(experiments: Sequence[Experiment], keys: Sequence[str], path: Path) -> None:
     """Draw each finished experiment's test accuracy for the swept models as bars (a PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from fmnist.pipeline.figures import new_figure, save_figure  # matplotlib: only to draw
 
     done = [e for e in experiments if e.metrics]
     models = sorted({m for e in done for m in e.metrics})
     swept = [m for m in models if any(k.startswith(f"models.{m}.") for k in keys)]
     models = swept or models  # the others' bars would be the same in every experiment
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(done)), 4.5))
+    fig = new_figure((max(6.0, 1.6 * len(done)), 4.5))
+    ax = fig.add_subplot()
     width = 0.8 / len(models)
     for i, model in enumerate(models):
         values = [100 * e.metrics.get(model, {}).get("accuracy", float("nan")) for e in done]
@@ -271,9 +260,7 @@ def draw(experiments: Sequence[Experiment], keys: Sequence[str], path: Path) -> 
     ax.set_title("Sweep: test accuracy by experiment")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_csv(rows: list[list[str]], path: Path) -> None:
@@ -309,7 +296,7 @@ def sweep(
         states.update(run_queue(names, jobs, env, timeout_s))
         logs.update({n: queue_log(n, env) for n in names if states[n] == "Failed"})
     # Idle workers would otherwise linger for a while; `stop` lets running tasks finish.
-    dvc("queue", "stop", env=env, check=False)
+    run_dvc("queue", "stop", env=env, check=False)
     found = collect(names, keys, env)
     experiments = []
     for name in names:
@@ -342,7 +329,7 @@ def sweep(
 
 def parser() -> argparse.ArgumentParser:
     """The command line: -S overrides as DVC takes them, workers, threads, time limit, output."""
-    p = argparse.ArgumentParser(prog="python -m fmnist.sweep", description=__doc__.split("\n")[0])
+    p = command_parser(__doc__.split("\n")[0], prog="fmnist-sweep")
     p.add_argument(
         "-S",
         "--set-param",
@@ -351,7 +338,7 @@ def parser() -> argparse.ArgumentParser:
         required=True,
         help="KEY=V1,V2,...: as for `dvc exp run --queue -S`; every combination is run",
     )
-    p.add_argument("-j", "--jobs", type=int, default=1, help="parallel queue workers")
+    p.add_argument("-j", "--jobs", type=positive_int_arg, default=1, help="parallel queue workers")
     p.add_argument(
         "--threads",
         type=int,
@@ -366,8 +353,8 @@ def parser() -> argparse.ArgumentParser:
 @entry_point
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    if args.jobs < 1 or args.threads < 0:
-        raise PipelineError("--jobs must be at least 1 and --threads at least 0")
+    if args.threads < 0:
+        raise PipelineError("--threads: expected an integer >= 0 (0: the cores divided by --jobs)")
     experiments = sweep(args.overrides, args.jobs, args.threads, args.timeout_s, args.out)
     failed = [e.name for e in experiments if e.status != "Success"]
     if failed:

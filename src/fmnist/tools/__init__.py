@@ -1,0 +1,1 @@
+"""Commands around the pipeline: no stage imports them, so editing one re-runs nothing."""
