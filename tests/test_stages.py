@@ -190,6 +190,25 @@ def test_compare_reads_everything_before_writing_anything(prepared, capsys):
     assert not (prepared / "plots/images").exists()
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "metrics/models/model_0.json: not valid JSON"),
+        ('{"model_9": {}}', "metrics/models/model_0.json: holds no record of model_0"),
+    ],
+)
+def test_compare_names_a_damaged_metrics_file(prepared, capsys, content, message):
+    for model in ("model_0", "model_1", "model_2"):
+        load_stage("train").main(["--model", model])
+        load_stage("evaluate").main(["--model", model])
+    (prepared / "metrics/models/model_0.json").write_text(content)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        load_stage("compare").main([])
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
 def test_a_prepared_split_that_is_not_a_mapping_is_a_clear_error(prepared, capsys):
     torch.save(torch.zeros(3), prepared / "data/prepared/train.pt")
     with pytest.raises(SystemExit):

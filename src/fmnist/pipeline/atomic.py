@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader (or DVC) never sees a half-written output.
+"""Atomic file writes, so that a reader (or DVC) never sees a half-written output; and the
+reader of the JSON files they write.
 
 A write goes to a temporary file beside its target (same folder, so that `os.replace` is an
 atomic rename on the same file system), named `.<target>.<8 random chars>.tmp`. What happens to
@@ -27,6 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
+
+from fmnist.pipeline.errors import PipelineError
 
 # A temporary file's random part: 8 characters from this set.
 _ALPHABET = string.ascii_lowercase + string.digits + "_"
@@ -116,6 +119,17 @@ def write_text(path: str | Path, text: str) -> None:
     """Write text atomically."""
     with atomic_open(path, "w") as handle:
         handle.write(text)
+
+
+def read_json(path: str | Path, missing: str) -> Any:
+    """Read a JSON file another stage wrote; `missing` says what to do when it is absent."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: {missing}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"{path}: not valid JSON ({exc})") from None
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import pickle
 import warnings
 import zipfile
@@ -12,14 +11,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from fmnist.pipeline.atomic import atomic_open, write_json
+from fmnist.pipeline.atomic import atomic_open, read_json, write_json
 from fmnist.pipeline.errors import PipelineError
 from fmnist.pipeline.models import build_model
-from fmnist.pipeline.params import ARCHITECTURES, ModelParams, positive_int
+from fmnist.pipeline.params import ARCHITECTURES, RENAMED_MODEL_KEYS, ModelParams, positive_int
 
 FORMAT_VERSION = 2
-# Format 1 named the compute dtype `precision`; it is read as format 2.
-_RENAMED_IN_2 = {"precision": "compute_dtype"}
 ARCH_KEYS = ("arch", "hidden_units", "in_channels", "image_size", "num_classes")
 
 
@@ -62,18 +59,13 @@ def _first(exc: BaseException) -> str:
 def load_metadata(weights: str | Path) -> dict[str, Any]:
     """Read a checkpoint's sidecar and check that it describes a model this code can build."""
     path = sidecar_path(weights)
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: missing sidecar for {weights}") from None
-    except json.JSONDecodeError as exc:
-        raise PipelineError(f"{path}: not valid JSON ({exc})") from None
+    meta = read_json(path, f"missing sidecar for {weights}")
     valid = isinstance(meta, dict) and meta.get("format") in (1, FORMAT_VERSION)
     if not valid or any(key not in meta for key in ARCH_KEYS):
         raise PipelineError(f"{path}: not a checkpoint sidecar of format {FORMAT_VERSION}")
     hyperparameters = meta.get("hyperparameters")
     if meta["format"] == 1 and isinstance(hyperparameters, dict):
-        for old, new in _RENAMED_IN_2.items():
+        for old, new in RENAMED_MODEL_KEYS.items():  # format 1 had the old names
             if old in hyperparameters:
                 hyperparameters[new] = hyperparameters.pop(old)
     if meta["arch"] not in ARCHITECTURES:

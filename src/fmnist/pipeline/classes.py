@@ -5,11 +5,11 @@ numpy alone, so that both evaluate (with torch) and compare (without) count the 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from fmnist.pipeline.atomic import read_json
 from fmnist.pipeline.errors import PipelineError
 from fmnist.pipeline.paths import CLASSES_FILE
 
@@ -31,12 +31,7 @@ CLASSES = (
 def load_classes(prepared_dir: str | Path) -> list[str]:
     """Read the class names that prepare wrote beside the tensors, in label order."""
     path = Path(prepared_dir) / CLASSES_FILE
-    try:
-        classes = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: missing; run `dvc repro prepare`") from None
-    except json.JSONDecodeError as exc:
-        raise PipelineError(f"{path}: not valid JSON ({exc})") from None
+    classes = read_json(path, "missing; run `dvc repro prepare`")
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         raise PipelineError(f"{path}: expected a list of class names")
     return classes

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from fmnist.pipeline.atomic import atomic_open
+from fmnist.pipeline.atomic import atomic_open, read_json
 from fmnist.pipeline.errors import PipelineError
 
 COLUMNS = (
@@ -24,11 +23,12 @@ COLUMNS = (
 )
 
 
-def _read_json(path: Path, stage: str) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: missing; run `dvc repro {stage}`") from None
+def _model_record(path: Path, name: str, stage: str) -> dict:
+    """One model's record from a metrics file, which nests it under the model's name."""
+    record = read_json(path, f"missing; run `dvc repro {stage}`")
+    if not isinstance(record, dict) or not isinstance(record.get(name), dict):
+        raise PipelineError(f"{path}: holds no record of {name}; run `dvc repro -f {stage}`")
+    return record[name]
 
 
 def load_metrics(
@@ -37,8 +37,8 @@ def load_metrics(
     """Join each named model's test metrics and training time into one table, in order."""
     rows = []
     for name in names:
-        row = _read_json(Path(metrics_dir) / f"{name}.json", f"evaluate@{name}")[name]
-        timing = _read_json(Path(train_dir) / f"{name}.json", f"train@{name}")[name]
+        row = _model_record(Path(metrics_dir) / f"{name}.json", name, f"evaluate@{name}")
+        timing = _model_record(Path(train_dir) / f"{name}.json", name, f"train@{name}")
         rows.append({**row, "model": name, "train_seconds": timing["train_seconds"]})
     return pd.DataFrame(rows, columns=list(COLUMNS))
 

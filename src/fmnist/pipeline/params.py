@@ -250,7 +250,7 @@ _MODEL_CHECKS: Mapping[str, Check] = {
     "compute_dtype": _choice(*COMPUTE_DTYPES),
 }
 # Keys params.yaml once used, and what replaced them: still read, with a warning.
-_RENAMED_MODEL_KEYS = {"precision": "compute_dtype"}
+RENAMED_MODEL_KEYS = {"precision": "compute_dtype"}
 
 
 def parse_params(raw: Any) -> Params:
@@ -298,7 +298,7 @@ def parse_params(raw: Any) -> Params:
     for name, section in models_raw.items():
         if not isinstance(name, str) or not name.isidentifier():
             raise PipelineError(f"models.{name}: a model name must be a plain identifier")
-        section = _renamed_keys(section, f"models.{name}", _RENAMED_MODEL_KEYS)
+        section = _renamed_keys(section, f"models.{name}", RENAMED_MODEL_KEYS)
         models[name] = ModelParams(name=name, **_section(section, f"models.{name}", _MODEL_CHECKS))
     return Params(
         runtime=runtime,
