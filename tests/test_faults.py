@@ -26,6 +26,23 @@ SIGNALS = [signal.SIGKILL, signal.SIGTERM, signal.SIGINT]
 BIG = "train-images-idx3-ubyte"
 
 
+@pytest.fixture(autouse=True)
+def children_receive_sigint():
+    """Let child processes see SIGINT even when the suite runs as a background job.
+
+    A shell starts background jobs with SIGINT ignored, and children inherit an ignored signal
+    across exec, so a Ctrl-C test would wait for nothing. A handled signal is reset instead.
+    """
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
