@@ -27,7 +27,7 @@ from fmnist.pipeline.data import Split
 from fmnist.pipeline.models import build_model
 from fmnist.pipeline.params import ModelParams
 from fmnist.pipeline.runtime import resolve_compute_dtype, seed_everything
-from fmnist.pipeline.training import train_model
+from fmnist.pipeline.training import TrainingResult, train_model
 
 
 @dataclass(frozen=True)
@@ -116,30 +116,12 @@ def _lesson_test(model: nn.Module, loader: torch.utils.data.DataLoader) -> tuple
     return total_loss / seen, correct / seen
 
 
-def engine_train(
-    model_params: ModelParams,
-    train: Split,
-    test: Split,
-    seed: int,
-    device: torch.device,
-    eval_batch_size: int,
-    threads: int,
-) -> Run:
-    """Train with the project's engine, exactly as the train stage does (without saving)."""
-    result = train_model(
-        model_params,
-        train,
-        test,
-        seed=seed,
-        device=device,
-        eval_batch_size=eval_batch_size,
-        compute_dtype=resolve_compute_dtype(model_params.compute_dtype, device),
-        threads=threads,
-    )
+def engine_run(result: TrainingResult, samples: int) -> Run:
+    """Summarise a training by the project's engine that saw `samples` images in all."""
     last = result.history[-1]
     return Run(
         seconds=result.seconds,
-        samples_per_second=model_params.epochs * len(train) / result.seconds,
+        samples_per_second=samples / result.seconds,
         test_loss=last["test_loss"],
         test_accuracy=last["test_accuracy"],
         threads=result.threads,
@@ -184,7 +166,20 @@ def compare_model(
     """Train a model both ways; report each run and the ratio project/lesson of wall time."""
     # The engine goes first: a process runs faster once its allocator and caches are warm, and
     # that advantage should go to the lesson's loop, not to the engine.
-    engine = engine_train(model_params, *splits, seed, device, eval_batch_size, threads)
+    # The engine trains exactly as the train stage does, without saving.
+    compute_dtype = resolve_compute_dtype(model_params.compute_dtype, device)
+    train, test = splits
+    result = train_model(
+        model_params,
+        train,
+        test,
+        seed=seed,
+        device=device,
+        eval_batch_size=eval_batch_size,
+        compute_dtype=compute_dtype,
+        threads=threads,
+    )
+    engine = engine_run(result, model_params.epochs * len(train))
     lesson = lesson_train(model_params, *lesson_data, seed)
     return {
         "model": model_params.name,
@@ -192,7 +187,7 @@ def compare_model(
         "epochs": model_params.epochs,
         "batch_size": model_params.batch_size,
         "lr": model_params.lr,
-        "compute_dtype": resolve_compute_dtype(model_params.compute_dtype, device),
+        "compute_dtype": compute_dtype,
         "lesson": lesson.as_dict(),
         "project": engine.as_dict(),
         "time_ratio": round(engine.seconds / lesson.seconds, 4),
