@@ -1,5 +1,4 @@
-"""Atomic file writes, so that a reader (or DVC) never sees a half-written output; and the
-reader of the JSON files they write.
+"""Write outputs atomically, so that no reader (DVC included) sees half a file; read JSON back.
 
 A write goes to a temporary file beside its target (same folder, so that `os.replace` is an
 atomic rename on the same file system), named `.<target>.<8 random chars>.tmp`. What happens to
