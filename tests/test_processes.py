@@ -1,0 +1,119 @@
+"""The process helper every launcher uses: children die with their starter, even by SIGKILL, and
+a recorded pid is signalled only while it is still the process that was recorded."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from fmnist.pipeline.processes import Owned, kill_all, spawn, stop_group, tagged
+
+from .test_faults import wait_for
+
+SLEEP = [sys.executable, "-c", "import time; time.sleep(300)"]
+
+
+def alive(pid: int) -> bool:
+    owned = Owned.of(pid)
+    return owned is not None
+
+
+def test_a_spawned_child_dies_when_its_starter_is_killed(tmp_path):
+    # The starter spawns a child through the helper, prints its pid, then waits; SIGKILL it.
+    script = (
+        "import sys, time\n"
+        "from fmnist.pipeline.processes import spawn\n"
+        f"child = spawn({SLEEP!r})\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    starter = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(starter.stdout.readline())
+        assert alive(child)
+        starter.kill()
+        starter.wait(timeout=10)
+        wait_for(lambda: not alive(child), "the orphan to die", timeout_s=5)
+    finally:
+        starter.kill()
+        starter.wait(timeout=10)
+
+
+def test_stop_group_ends_the_child_and_what_it_started():
+    script = f"import subprocess, time; subprocess.Popen({SLEEP!r}); time.sleep(300)"
+    proc = spawn([sys.executable, "-c", script])
+    wait_for(lambda: len(_group(proc.pid)) == 2, "the grandchild to start")
+    members = _group(proc.pid)
+    assert stop_group(proc, grace=2) == -signal.SIGTERM
+    wait_for(lambda: not any(alive(pid) for pid in members), "the group to end", timeout_s=5)
+
+
+def _group(pgid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getpgid(int(entry)) == pgid and alive(int(entry)):
+                    found.append(int(entry))
+            except ProcessLookupError:
+                pass
+    return found
+
+
+def test_an_owned_identity_is_not_fooled_by_a_reused_pid(tmp_path):
+    proc = subprocess.Popen(SLEEP)
+    try:
+        me = Owned.of(proc.pid)
+        me.save(tmp_path / "pid.json")
+        assert Owned.load(tmp_path / "pid.json") == me and me.running()
+        # The same pid with another start time or command line is another process.
+        for other in (
+            Owned(me.pid, me.start_ticks + 1, me.cmdline),
+            Owned(me.pid, me.start_ticks, ("weed", "server")),
+        ):
+            assert not other.running()
+            assert other.signal(signal.SIGKILL) is False
+            assert other.stop() is False
+        assert proc.poll() is None  # untouched
+        assert me.stop(grace=2) is True
+        assert proc.wait(timeout=5) == -signal.SIGTERM
+        assert not me.running()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("content", ["", "1234\n", "{not json", '{"pid": 1}'])
+def test_a_damaged_or_old_pid_file_names_no_process(tmp_path, content):
+    (tmp_path / "pid.json").write_text(content)
+    assert Owned.load(tmp_path / "pid.json") is None
+    assert Owned.load(tmp_path / "missing.json") is None
+
+
+def test_processes_are_found_by_their_tag_and_killed_even_when_they_ignore_sigterm():
+    tag = uuid.uuid4().hex
+    stubborn = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"
+    )
+    env = {**os.environ, "FMNIST_TEST_TAG": tag}
+    procs = [
+        subprocess.Popen(SLEEP, env=env),
+        subprocess.Popen([sys.executable, "-c", stubborn], env=env),
+    ]
+    bystander = subprocess.Popen(SLEEP)
+    try:
+        time.sleep(0.5)  # let the stubborn one install its handler
+        assert sorted(tagged("FMNIST_TEST_TAG", tag)) == sorted(p.pid for p in procs)
+        assert kill_all(tagged("FMNIST_TEST_TAG", tag), grace=1) == []
+        assert [p.wait(timeout=5) for p in procs] == [-signal.SIGTERM, -signal.SIGKILL]
+        assert bystander.poll() is None
+    finally:
+        for p in [*procs, bystander]:
+            p.kill()
+            p.wait()
