@@ -39,9 +39,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     name = model_params.name
     processes, launched = params.runtime.processes, distributed.launched()
     if processes > 1 and not launched:
-        # Run this very stage in `processes` processes under torchrun, and wait for them.
+        # Run this very stage as `processes` ranks, each a child that dies with this process.
         argv = sys.argv[1:] if argv is None else list(argv)
-        distributed.launch(__file__, argv, processes, params.runtime.threads)
+        distributed.launch(__file__, argv, processes)
         return
     device_name = params.runtime.device
     if launched:

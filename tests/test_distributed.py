@@ -53,12 +53,34 @@ def stage(project: Path, model: str, log: Path) -> Iterator[subprocess.Popen]:
             stderr=stderr,
             start_new_session=True,
         )
+        tree: list[psutil.Process] = []
         try:
             yield proc
         finally:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                tree = psutil.Process(proc.pid).children(recursive=True)
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)  # torchrun and every rank
+                os.killpg(proc.pid, signal.SIGKILL)
+            for leftover in tree:  # ranks run in sessions of their own
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    leftover.kill()
             proc.wait(timeout=30)
+
+
+def ranks_of(proc: subprocess.Popen) -> dict[str, psutil.Process]:
+    """The stage's training processes by rank, once both have started."""
+    return {
+        p.environ()["RANK"]: p
+        for p in psutil.Process(proc.pid).children(recursive=True)
+        if "RANK" in p.environ()
+    }
+
+
+def long_two_process_training(project: Path, tiny_data) -> None:
+    """Params for model_2 in 2 processes with epochs enough to still be training when checked."""
+    params = tiny_params(tiny_data, model_2={"epochs": 1000})
+    params["runtime"]["processes"] = 2
+    write_params(project / "params.yaml", params)
 
 
 def outputs(project: Path) -> dict[str, bytes]:
@@ -120,17 +142,11 @@ def test_killing_one_rank_fails_the_stage_stops_the_other_and_writes_nothing(pro
     load_stage("train").main(["--model", "model_2"])  # earlier outputs, which must survive
     before = outputs(project)
     assert "models/model_2.pth" in before and "plots/train/model_2.csv" in before
-    params = tiny_params(tiny_data, model_2={"epochs": 1000})
-    params["runtime"]["processes"] = 2
-    write_params(project / "params.yaml", params)
+    long_two_process_training(project, tiny_data)
     log = project / "train.log"
     with stage(project, "model_2", log) as proc:
         wait_for(lambda: "epoch 1/1000" in log.read_text(), "training to start")
-        ranks = {
-            p.environ()["RANK"]: p
-            for p in psutil.Process(proc.pid).children(recursive=True)
-            if "RANK" in p.environ()
-        }
+        ranks = ranks_of(proc)
         assert sorted(ranks) == ["0", "1"]
         ranks["1"].send_signal(signal.SIGKILL)
         assert proc.wait(timeout=60) == 1
@@ -141,3 +157,74 @@ def test_killing_one_rank_fails_the_stage_stops_the_other_and_writes_nothing(pro
     assert "Traceback" not in stderr  # rank 0's lost connection is one line too
     assert outputs(project) == before
     assert temp_files(project) == []
+
+
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+def test_a_two_process_training_listens_on_loopback_only(project, tiny_data):
+    # What listens while the ranks train, seen as the kernel's socket tables (/proc/net/tcp and
+    # tcp6, which psutil reads) show it for every process of the stage.
+    long_two_process_training(project, tiny_data)
+    log = project / "train.log"
+    with stage(project, "model_2", log) as proc:
+        wait_for(lambda: "epoch 1/1000" in log.read_text(), "training to start")
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        assert len(ranks_of(proc)) == 2
+        listening = [
+            (p.pid, c.laddr.ip, c.laddr.port)
+            for p in tree
+            for c in p.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN
+        ]
+    assert listening, "gloo's ranks listen for each other: the check would see them"
+    assert [entry for entry in listening if entry[1] not in LOOPBACK] == []
+
+
+def test_killing_the_stage_with_sigkill_stops_every_rank_and_writes_nothing(project, tiny_data):
+    write_params(project / "params.yaml", tiny_params(tiny_data))
+    load_stage("train").main(["--model", "model_2"])  # earlier outputs, which must survive
+    before = outputs(project)
+    long_two_process_training(project, tiny_data)
+    log = project / "train.log"
+    with stage(project, "model_2", log) as proc:
+        wait_for(lambda: "epoch 1/1000" in log.read_text(), "training to start")
+        ranks = list(ranks_of(proc).values())
+        assert len(ranks) == 2
+        os.kill(proc.pid, signal.SIGKILL)  # the stage process alone, as DVC's parent would see
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        _, alive = psutil.wait_procs(ranks, timeout=5)
+        assert alive == []
+    assert outputs(project) == before
+    assert temp_files(project) == []
+
+
+def test_every_tensor_handed_to_a_collective_lives_on_the_training_device(monkeypatch):
+    # gloo takes CPU tensors and NCCL CUDA ones: a tensor made without naming the training
+    # device (on the default device, or the host) fails under NCCL. Here the default device is
+    # "meta", so any tensor that a collective receives without having been placed on purpose
+    # shows up as meta instead of the training device (cpu).
+    import torch.distributed as dist
+
+    from fmnist.pipeline.engine import SGD, epoch_batches, train_one_epoch
+    from fmnist.pipeline.models import build_model
+
+    seen: list[torch.device] = []
+
+    def all_reduce(tensor, *args, **kwargs):  # one process: the sum is the tensor itself
+        seen.append(tensor.device)
+
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    images, labels = torch.rand(20, 1, 28, 28), torch.randint(0, 10, (20,))
+    batches = epoch_batches(20, 8, torch.Generator().manual_seed(0))
+    fits = []
+    for shard in (None, Shard(0, 1)):
+        torch.manual_seed(0)
+        model = build_model("linear", 4)
+        with torch.device("meta"):
+            optimizer = SGD(model.parameters(), 0.1)
+            fits.append(train_one_epoch(model, images, labels, batches, optimizer, shard=shard))
+    assert seen and all(device == images.device for device in seen)
+    # One process of one: the collective changes nothing, so the results are one process's.
+    assert fits[1]["step_losses"] == pytest.approx(fits[0]["step_losses"], rel=1e-6)
+    assert fits[1]["accuracy"] == fits[0]["accuracy"]

@@ -1,7 +1,11 @@
-"""Data-parallel training: launch a stage under torchrun, join its process group, fail as one.
+"""Data-parallel training: start a stage's ranks, join their process group, fail as one.
 
-torchrun's launcher is imported only when several processes train; a single-process stage
-runs none of this module's code.
+On one machine the stage starts its ranks itself. Each is a child that the kernel kills when the
+stage dies, by any signal, and they meet through a file store in a private temporary folder: no
+rendezvous server listens anywhere, and gloo's own connections are bound to the loopback
+interface. Across machines torchrun starts the ranks on every node, and its rendezvous store
+must listen on the network that links them (docs/experiments.md); each rank then ties its life
+to its torchrun agent.
 """
 
 from __future__ import annotations
@@ -9,86 +13,106 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import uuid
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from fmnist.pipeline.engine import Shard
 from fmnist.pipeline.errors import PipelineError
+from fmnist.pipeline.processes import die_with_launcher, spawn, stop_group
 from fmnist.pipeline.runtime import resolve_device
 
 # A collective that waits longer than this for a peer raises instead of hanging forever (a
-# peer on another node that froze, say; one that dies is noticed by torchrun within a second).
+# peer on another node that froze, say; one that dies is noticed within a second).
 # It must exceed the longest stretch between two collectives: rank 0's test pass each epoch.
 TIMEOUT_S = 600.0
+# Where the ranks of a stage-launched group find its file store; torchrun's ranks have none.
+STORE_ENV = "FMNIST_RANKS_STORE"
+POLL_S = 0.05
 
 
 def launched() -> bool:
-    """Tell whether torchrun (or a launcher that sets the same variables) started this process."""
+    """Tell whether a launcher (this module's, or torchrun) started this process as a rank."""
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
-def threads_per_process(processes: int, threads: int) -> int:
-    """CPU threads for each of `processes` on this machine: `threads`, or the cores shared out."""
-    if threads:
-        return threads
-    return max(1, len(os.sched_getaffinity(0)) // processes)
+def loopback_interface() -> str:
+    """The name of the loopback network interface (`lo` on Linux, `lo0` on macOS)."""
+    names = [name for _, name in socket.if_nameindex()]
+    return next((name for name in names if name.startswith("lo")), "lo")
 
 
-def launch(script: str, argv: Sequence[str], processes: int, threads: int) -> None:
-    """Run `script argv` in `processes` processes on this machine under torchrun, and wait."""
-    # torchrun's own entry point, called in this process: it starts the ranks, watches them
-    # every 0.1 s, and stops them all when one fails; here its failure becomes one line.
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser, run
-
-    # torchrun logs each step of its shutdown; the one line raised below says what matters.
-    logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
-    # Each rank's torch threads: the cores shared out, unless set (torchrun would pick 1).
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_process(processes, threads)))
-    args = get_args_parser().parse_args(
-        [
-            "--nnodes=1",
-            f"--nproc-per-node={processes}",
-            "--rdzv-backend=c10d",
-            "--rdzv-endpoint=127.0.0.1:0",  # a free port on the loopback interface
-            f"--rdzv-id={uuid.uuid4()}",
-            "--max-restarts=0",
-            script,
-            *argv,
-        ]
-    )
-    try:
-        run(args)
-    except ChildFailedError as exc:
-        rank, failure = exc.get_first_failure()
-        if failure.exitcode < 0:
-            how = f"was killed by {failure.signal_name()}"
+def launch(script: str, argv: Sequence[str], processes: int) -> None:
+    """Run `script argv` as `processes` ranks on this machine, wait, and fail as one."""
+    loopback = loopback_interface()
+    env = {
+        **os.environ,
+        "WORLD_SIZE": str(processes),
+        "LOCAL_WORLD_SIZE": str(processes),
+        # One machine needs no other interface; gloo would otherwise bind the address its host
+        # name resolves to, and NCCL's bootstrap the first interface that is up.
+        "GLOO_SOCKET_IFNAME": loopback,
+        "NCCL_SOCKET_IFNAME": loopback,
+    }
+    with tempfile.TemporaryDirectory(prefix="fmnist-ranks-") as private:  # mode 0700
+        env[STORE_ENV] = str(Path(private) / "store")
+        ranks: list[subprocess.Popen] = []
+        try:
+            for rank in range(processes):
+                rank_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}
+                ranks.append(spawn([sys.executable, script, *argv], env=rank_env))
+            failed = _first_failure(ranks)
+        finally:
+            for process in ranks:
+                stop_group(process)
+    if failed is not None:
+        rank, status = failed
+        if status < 0:
+            how = f"was killed by {signal.Signals(-status).name}"
         else:
-            how = f"exited with status {failure.exitcode} (its error is above)"
+            how = f"exited with status {status} (its error is above)"
         raise PipelineError(
-            f"rank {rank} of {processes} {how}; torchrun stopped the others and nothing was saved"
-        ) from None
-    except SignalException as exc:
-        raise PipelineError(
-            f"stopped by {exc.sigval.name}; torchrun stopped the ranks and nothing was saved"
-        ) from None
+            f"rank {rank} of {processes} {how}; the others were stopped and nothing was saved"
+        )
+
+
+def _first_failure(ranks: Sequence[subprocess.Popen]) -> tuple[int, int] | None:
+    """Wait until every rank succeeds, or one fails: then return its rank and exit status."""
+    while True:
+        statuses = [process.poll() for process in ranks]
+        failed = [(rank, s) for rank, s in enumerate(statuses) if s not in (None, 0)]
+        if failed:
+            # A rank killed by a signal is the cause; the others then fail on the lost peer.
+            return min(failed, key=lambda item: (item[1] >= 0, item[0]))
+        if all(s == 0 for s in statuses):
+            return None
+        time.sleep(POLL_S)
 
 
 def join(processes: int, device_name: str) -> tuple[Shard, torch.device]:
-    """Join torchrun's process group as this rank: gloo on CPU, NCCL with one GPU per rank."""
+    """Join the ranks' process group as this rank: gloo on CPU, NCCL with one GPU per rank."""
     import torch.distributed as dist
 
     size, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
     if size != processes:
         raise PipelineError(
-            f"runtime.processes is {processes} but torchrun started {size} processes in all; "
+            f"runtime.processes is {processes} but {size} processes were started in all; "
             "make them agree"
         )
+    store = os.environ.get(STORE_ENV)
+    if store is None:
+        # torchrun's agent gives its ranks no parent-death signal: without one, a rank whose
+        # agent was killed would train on, and rank 0 would write outputs nobody waits for.
+        die_with_launcher()
     device = resolve_device(device_name)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -100,10 +124,14 @@ def join(processes: int, device_name: str) -> tuple[Shard, torch.device]:
         raise PipelineError(
             f"runtime.device: {device.type} cannot train in several processes; use cpu or cuda"
         )
-    dist.init_process_group(backend, timeout=timedelta(seconds=TIMEOUT_S))
+    init = "env://" if store is None else Path(store).as_uri()
+    dist.init_process_group(
+        backend, init_method=init, rank=rank, world_size=size, timeout=timedelta(seconds=TIMEOUT_S)
+    )
     if rank != 0:
         logging.getLogger("fmnist").setLevel(logging.WARNING)  # rank 0 tells the story
-    return Shard(rank=rank, size=size), device
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", size))
+    return Shard(rank=rank, size=size, local_size=local), device
 
 
 @contextlib.contextmanager
@@ -129,7 +157,18 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """Wrap `model` in DistributedDataParallel, which averages gradients across the ranks."""
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    # Gradients that are views of DDP's buckets, in the parameters' own memory layout (channels
+    # last for convolutions): backward accumulates into the buckets, with no copy per step and
+    # none of the "grad strides do not match bucket view strides" copies. The training loop
+    # zeroes them in place instead of dropping them.
+    for param in model.parameters():
+        param.grad = torch.zeros_like(param)
+    return DistributedDataParallel(
+        model,
+        device_ids=[device] if device.type == "cuda" else None,
+        gradient_as_bucket_view=True,
+        broadcast_buffers=False,  # every rank builds the same model from the same seed
+    )
 
 
 def leave() -> None:

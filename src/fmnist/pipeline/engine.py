@@ -49,9 +49,14 @@ class SGD:
         self.lr = lr
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Drop the gradients (always to None: the next backward allocates them afresh)."""
-        for p in self.params:
-            p.grad = None
+        """Drop the gradients, or zero them in place (DDP's, which are views of its buckets)."""
+        if set_to_none:
+            for p in self.params:
+                p.grad = None
+            return
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if grads:
+            torch._foreach_zero_(grads)
 
     @torch.no_grad()
     def step(self) -> None:
@@ -79,18 +84,18 @@ class Shard:
 
     rank: int
     size: int
+    local_size: int = 0  # the processes on this machine, which share its cores (0: `size`)
 
     def split(self, batch: torch.Tensor) -> torch.Tensor:
         """Return this rank's slice of a batch: contiguous, sizes differing by at most one."""
         return batch.tensor_split(self.size)[self.rank]
 
-    def sum(self, values: list[float]) -> list[float]:
-        """Add up `values` across the processes (every rank gets the totals)."""
+    def sum_(self, totals: torch.Tensor) -> torch.Tensor:
+        """Add up `totals` across the processes, in place, where it lives (the training device)."""
         import torch.distributed as dist  # only data-parallel runs pay for this import
 
-        total = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(total)
-        return total.tolist()
+        dist.all_reduce(totals)
+        return totals
 
 
 def epoch_batches(
@@ -144,7 +149,8 @@ def train_one_epoch(
                 # mean loss, even when the slices differ in size.
                 summed = F.cross_entropy(logits, y, reduction="sum")
                 loss = summed * (shard.size / len(batches[step - 1]))
-        optimizer.zero_grad(set_to_none=True)
+        # DDP's gradients are views of its buckets: zero them in place rather than drop them.
+        optimizer.zero_grad(set_to_none=shard is None)
         loss.backward()
         optimizer.step()
         if outputs is None:
@@ -164,16 +170,19 @@ def train_one_epoch(
         if progress is not None:
             progress.update(1)
     truth = labels.index_select(0, torch.cat(local))
-    correct = (outputs.argmax(dim=1) == truth).sum().item()
-    # Each step's mean loss too, read back once, for the finer-grained training curve.
-    step_losses = losses.tolist()
-    if shard is not None:
-        # The slices' summed losses over the global batch: the loss one process would have seen.
-        step_sums = shard.sum((losses * sizes).tolist())
-        step_losses = [total / len(batch) for total, batch in zip(step_sums, batches, strict=True)]
-        loss_sum, correct, seen = shard.sum([running * seen, correct, seen])
-        running = loss_sum / seen
-    return {"loss": running, "accuracy": correct / seen, "step_losses": step_losses}
+    correct = (outputs.argmax(dim=1) == truth).sum()
+    if shard is None:
+        # Each step's mean loss too, read back once, for the finer-grained training curve.
+        return {"loss": running, "accuracy": correct.item() / seen, "step_losses": losses.tolist()}
+    # One collective per epoch, on the training device (gloo on CPU, NCCL on CUDA): each step's
+    # summed loss over its slices, then the epoch's correct answers and images, over all ranks.
+    counts_here = torch.stack([correct.double(), sizes.double().sum()])
+    totals = torch.cat([losses.double() * sizes.double(), counts_here])
+    sums = shard.sum_(totals).tolist()
+    step_sums, (correct_total, seen_total) = sums[: len(batches)], sums[len(batches) :]
+    step_losses = [total / len(batch) for total, batch in zip(step_sums, batches, strict=True)]
+    loss = sum(step_sums) / seen_total
+    return {"loss": loss, "accuracy": correct_total / seen_total, "step_losses": step_losses}
 
 
 @torch.inference_mode()

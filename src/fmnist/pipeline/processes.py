@@ -51,6 +51,14 @@ def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
     return arm
 
 
+def die_with_launcher(sig: int = signal.SIGKILL) -> None:
+    """Have the kernel send `sig` to this process when its parent dies (for a child that a
+    launcher without a parent-death signal started, such as torchrun's agent)."""
+    prctl = _prctl()
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
 def spawn(argv: Sequence[str], **popen: Any) -> subprocess.Popen:
     """Start `argv` in a process group of its own that dies with this process, even by SIGKILL."""
     return subprocess.Popen(

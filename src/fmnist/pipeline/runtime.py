@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from collections.abc import Iterator
 
@@ -42,14 +43,27 @@ def has_convolutions(model: nn.Module) -> bool:
     return any(isinstance(module, nn.Conv2d) for module in model.modules())
 
 
+def cores() -> int:
+    """The CPU cores this process may run on (its affinity, which containers and taskset set)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def resolve_threads(requested: int, convolutional: bool, processes: int = 1) -> int:
+    """torch's CPU threads for one process: `requested`, or (0) chosen from the model and cores."""
+    # 0 gives TinyVGG the cores shared out between the processes, and the linear models one
+    # thread, as their tiny matrix products lose more to thread synchronisation than they gain
+    # (about a quarter of their training time on two cores). It never reads OMP_NUM_THREADS:
+    # the thread count moves the results' last bits, so only what DVC tracks may decide it.
+    if requested:
+        return requested
+    return max(1, cores() // processes) if convolutional else 1
+
+
 @contextlib.contextmanager
-def cpu_threads(requested: int, model: nn.Module) -> Iterator[int]:
-    """Run the block with `requested` CPU threads (0: chosen by model), then restore the count."""
-    # 0 keeps torch's default (one per core) for convolutional models and uses one thread for
-    # the linear ones, whose tiny matrix products lose more to thread synchronisation than they
-    # gain (about a quarter of their training time on two cores).
+def cpu_threads(requested: int, model: nn.Module, processes: int = 1) -> Iterator[int]:
+    """Run the block with the resolved number of CPU threads, then restore the count."""
     before = torch.get_num_threads()
-    threads = requested or (before if has_convolutions(model) else 1)
+    threads = resolve_threads(requested, has_convolutions(model), processes)
     torch.set_num_threads(threads)
     try:
         yield threads

@@ -75,7 +75,9 @@ def train_model(
     step_losses: list[float] = []
     step_sizes: list[int] = []
     lost = contextlib.nullcontext() if shard is None else distributed.peers_lost(shard)
-    with cpu_threads(threads, model) as used_threads, lost:
+    processes = 1 if shard is None else shard.size
+    here = 1 if shard is None else shard.local_size or shard.size
+    with cpu_threads(threads, model, here) as used_threads, lost:
         start = time.perf_counter()
         x_train, y_train = to_model_input(train.images, device), train.labels.to(device)
         x_test, y_test = to_model_input(test.images, device), test.labels.to(device)
@@ -117,7 +119,7 @@ def train_model(
         seconds=seconds,
         device=device,
         threads=used_threads,
-        processes=1 if shard is None else shard.size,
+        processes=processes,
     )
 
 
