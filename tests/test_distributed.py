@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -228,3 +229,112 @@ def test_every_tensor_handed_to_a_collective_lives_on_the_training_device(monkey
     # One process of one: the collective changes nothing, so the results are one process's.
     assert fits[1]["step_losses"] == pytest.approx(fits[0]["step_losses"], rel=1e-6)
     assert fits[1]["accuracy"] == fits[0]["accuracy"]
+
+
+# The documented two-node recipe, run as written on one machine: two torchrun agents whose
+# rendezvous is on 127.0.0.1. torchrun's rendezvous store listens on every interface whatever
+# host it is given, so the agents run in a network namespace of their own, whose only interface
+# is loopback: nothing they open is reachable from outside the test.
+RDZV_PORT = 29400
+
+
+@pytest.fixture
+def private_network() -> Iterator[list[str]]:
+    """A command prefix that runs a program in a fresh network namespace with only loopback up."""
+    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("nsenter")):
+        pytest.skip("a private network namespace needs root, unshare and nsenter")
+    holder = subprocess.Popen(
+        ["unshare", "--net", "sh", "-c", "ip link set lo up && echo ready && exec sleep 600"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        yield ["nsenter", f"--net=/proc/{holder.pid}/ns/net", "--"]
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def two_nodes(project: Path, prefix: list[str], model: str) -> Iterator[list[subprocess.Popen]]:
+    """Start the two agents of the documented recipe; kill them and their ranks on the way out."""
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    agents = []
+    try:
+        for node in range(2):
+            command = [
+                *prefix,
+                torchrun,
+                "--nnodes", "2",
+                "--nproc-per-node", "1",
+                "--rdzv-backend", "c10d",
+                "--rdzv-endpoint", f"127.0.0.1:{RDZV_PORT}",
+                "--rdzv-id", "fmnist",
+                str(ROOT / "stages" / "train.py"), "--model", model,
+            ]  # fmt: skip
+            with open(project / f"node{node}.log", "w") as log:
+                agents.append(
+                    subprocess.Popen(command, cwd=project, stdout=log, stderr=subprocess.STDOUT)
+                )
+        yield agents
+    finally:
+        for agent in agents:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                for child in psutil.Process(agent.pid).children(recursive=True):
+                    child.kill()
+            agent.kill()
+            agent.wait(timeout=30)
+
+
+def test_two_torchrun_agents_train_as_one_process_does(project, tiny_data, private_network):
+    params = tiny_params(tiny_data, model_0={"batch_size": BATCH, "epochs": 2})
+    write_params(project / "params.yaml", params)
+    load_stage("train").main(["--model", "model_0"])
+    one = torch.load(project / "models" / "model_0.pth", weights_only=True)
+    params["runtime"]["processes"] = 2  # in all, over both nodes
+    write_params(project / "params.yaml", params)
+    with two_nodes(project, private_network, "model_0") as agents:
+        statuses = [agent.wait(timeout=180) for agent in agents]
+    logs = "\n".join((project / f"node{n}.log").read_text() for n in range(2))
+    assert statuses == [0, 0], logs
+    two = torch.load(project / "models" / "model_0.pth", weights_only=True)
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], atol=ATOL, rtol=RTOL)
+    timing = json.loads((project / "metrics" / "train" / "model_0.json").read_text())
+    assert timing["model_0"]["processes"] == 2
+    assert logs.count("model_0 epoch 2:") == 1  # written by global rank 0 alone
+
+
+@pytest.mark.parametrize("killed", [0, 1])
+def test_when_one_agent_is_killed_the_other_fails_soon_and_nothing_is_written(
+    project, tiny_data, private_network, killed
+):
+    write_params(project / "params.yaml", tiny_params(tiny_data))
+    load_stage("train").main(["--model", "model_0"])
+    before = outputs(project)
+    params = tiny_params(tiny_data, model_0={"epochs": 1000})
+    params["runtime"]["processes"] = 2
+    write_params(project / "params.yaml", params)
+    with two_nodes(project, private_network, "model_0") as agents:
+        log = project / "node0.log"
+        wait_for(
+            lambda: "epoch 1/1000" in log.read_text() + (project / "node1.log").read_text(),
+            "training to start",
+        )
+        ranks = [c for a in agents for c in psutil.Process(a.pid).children(recursive=True)]
+        assert len(ranks) == 2
+        agents[killed].kill()
+        survivor = agents[1 - killed]
+        start = time.monotonic()
+        status = survivor.wait(timeout=90)
+        waited = time.monotonic() - start
+        _, alive = psutil.wait_procs(ranks, timeout=5)
+    text = (project / f"node{1 - killed}.log").read_text()
+    assert status != 0, text
+    assert alive == []
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "lost the other processes" in errors[0], text
+    assert outputs(project) == before
+    assert temp_files(project) == []
+    print(f"the surviving agent exited {waited:.1f} s after the kill")

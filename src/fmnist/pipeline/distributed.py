@@ -167,7 +167,6 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
         model,
         device_ids=[device] if device.type == "cuda" else None,
         gradient_as_bucket_view=True,
-        broadcast_buffers=False,  # every rank builds the same model from the same seed
     )
 
 
