@@ -1,5 +1,5 @@
-"""Data-parallel training under the real torchrun: two gloo processes on CPU, bound to 127.0.0.1,
-train each architecture as one process does, and a rank that dies takes the stage down cleanly."""
+"""Data-parallel training: two gloo processes on CPU train each architecture as one process does,
+listen on loopback only, and die with their stage; a rank that dies takes the stage down cleanly."""
 
 from __future__ import annotations
 
