@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, tiny_params, write_params
 
 
 def test_benchmark_times_both_loops_and_writes_the_report(project, tiny_data, capsys):
@@ -41,3 +42,31 @@ def test_benchmark_times_both_loops_and_writes_the_report(project, tiny_data, ca
     assert abs(linear["project"]["test_loss"] - linear["lesson"]["test_loss"]) < 1e-5
     table = capsys.readouterr().out
     assert "| model_0 (linear) | 1 |" in table and "| model_2 (tinyvgg) | 1 |" in table
+
+
+def test_pipeline_timing_runs_each_stage_command_without_dvc(
+    tmp_path, tiny_data, capsys, monkeypatch
+):
+    spec = importlib.util.spec_from_file_location("pipeline", ROOT / "benchmarks/pipeline.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "pipeline", module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    params = write_params(tmp_path / "params.yaml", tiny_params(tiny_data))
+    out, work = tmp_path / "timings.json", tmp_path / "work"
+    argv = ["--params", str(params), "--models", "model_0", "--device", "cpu"]
+    assert module.main([*argv, "--workdir", str(work), "--output", str(out)]) == 0
+
+    report = json.loads(out.read_text())
+    assert report["device"] == "cpu"
+    stages = [row["stage"] for row in report["stages"]]
+    assert stages == ["download", "prepare", "train@model_0", "evaluate@model_0", "compare"]
+    for row in report["stages"]:
+        assert row["wall_s"] > 0 and row["peak_mb"] > 10
+        assert (row["train_s"] is not None) == (row["stage"] == "train@model_0")
+    train = report["stages"][2]
+    assert 0 < train["train_s"] < train["wall_s"]
+    # The stages ran in the scratch folder, from the copy of params with the overrides.
+    assert (work / "models" / "model_0.pth").is_file()
+    assert not (work / "models" / "model_1.pth").exists()
+    table = capsys.readouterr().out
+    assert "| train@model_0 |" in table and "| **total** |" in table
