@@ -188,7 +188,7 @@ def fake_queue(monkeypatch, statuses: list[str]) -> list[tuple[str, ...]]:
     """Make the sweep's DVC calls answer `queue status` with `statuses` in turn; record calls."""
     calls: list[tuple[str, ...]] = []
 
-    def dvc(*args: str, env=None, check=True) -> str:
+    def dvc(*args: str, env=None, check=True, attempts=1) -> str:
         calls.append(args)
         if args[:2] == ("queue", "status"):
             return statuses.pop(0) if len(statuses) > 1 else statuses[0]
