@@ -38,11 +38,12 @@ from fmnist.pipeline.processes import kill_all, tagged
 from fmnist.tools.dvc_command import run_dvc
 
 DONE = ("Success", "Failed")
-# How often to ask DVC for the queue's state, and how many polls in a row (half a minute) may
-# find queued experiments with no worker before the workers are started again: a worker that is
-# busy starting up can miss `dvc queue status`'s ping, and must not be taken for a dead one.
-POLL_S = 2.0
-IDLE_POLLS = 15
+# How often to ask DVC for the queue's state (each `dvc queue status` costs a second or two of
+# CPU that the experiments would use), and how many polls in a row (half a minute) may find
+# queued experiments with no worker before the workers are started again: a worker that is busy
+# starting up can miss `dvc queue status`'s ping, and must not be taken for a dead one.
+POLL_S = 5.0
+IDLE_POLLS = 6
 # What a log says when DVC itself, not the experiment, failed: concurrent workers racing for
 # git's locks (dvc#8763), or a worker that died before logging anything. Such a run is retried.
 DVC_FAILURES = (
@@ -61,6 +62,8 @@ KILL_GRACE_S = 2.0  # SIGTERM, then SIGKILL: a worker on SIGTERM would wait for 
 KILL_ROUNDS = 3  # a worker may start one more process while it is being stopped
 STOP_WAIT_S = 15.0  # for idle workers to leave after `dvc queue stop`
 STATUS_ATTEMPTS = 3  # DVC's commands fail now and then while the workers hold its locks
+STATUS_TIMEOUT_S = 120.0  # ... or hang (dvc#8762): each try is bounded
+CLEANUP_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -136,7 +139,7 @@ def queue(overrides: Sequence[str], env: Mapping[str, str]) -> dict[str, list[st
 
 def queue_status(env: Mapping[str, str]) -> tuple[dict[str, str], int]:
     """Each queued experiment's state by name, and how many workers are active or idle."""
-    out = run_dvc("queue", "status", env=env, attempts=STATUS_ATTEMPTS)
+    out = run_dvc("queue", "status", env=env, attempts=STATUS_ATTEMPTS, timeout_s=STATUS_TIMEOUT_S)
     states, workers = {}, 0
     for line in out.splitlines():
         parts = line.split()
@@ -206,16 +209,20 @@ def clear_queue(names: Sequence[str], env: Mapping[str, str]) -> list[str]:
     states, _ = queue_status(env)
     running = [name for name in names if states.get(name) == "Running"]
     if running:
-        run_dvc("queue", "kill", "--force", *running, env=env, check=False)
+        run_dvc(
+            "queue", "kill", "--force", *running, env=env, check=False, timeout_s=CLEANUP_TIMEOUT_S
+        )
     queued = [name for name in names if states.get(name) == "Queued"]
     if running or queued:
-        run_dvc("queue", "remove", *running, *queued, env=env, check=False)
+        run_dvc(
+            "queue", "remove", *running, *queued, env=env, check=False, timeout_s=CLEANUP_TIMEOUT_S
+        )
     return [*running, *queued]
 
 
 def stop_workers(env: Mapping[str, str]) -> list[int]:
     """End the sweep's idle workers as DVC does, then kill what is left; return survivors."""
-    run_dvc("queue", "stop", env=env, check=False)
+    run_dvc("queue", "stop", env=env, check=False, timeout_s=CLEANUP_TIMEOUT_S)
     deadline = time.monotonic() + STOP_WAIT_S
     while tagged(TAG_ENV, env[TAG_ENV]) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -255,7 +262,9 @@ def _dig(tree: Mapping[str, Any], dotted: str) -> Any:
 def collect(names: Sequence[str], keys: Sequence[str], env: Mapping[str, str]) -> dict[str, Any]:
     """Each finished experiment's swept params and per-model metrics, from `dvc exp show`."""
     found: dict[str, Any] = {}
-    shown = run_dvc("exp", "show", "--json", env=env, attempts=STATUS_ATTEMPTS)
+    shown = run_dvc(
+        "exp", "show", "--json", env=env, attempts=STATUS_ATTEMPTS, timeout_s=STATUS_TIMEOUT_S
+    )
     for baseline in json.loads(shown):
         for group in baseline.get("experiments") or []:
             for rev in group["revs"]:
@@ -478,8 +487,9 @@ def stop_repository_sweeps() -> None:
         states, _ = queue_status(env)
         running = [name for name, state in states.items() if state == "Running"]
         if running:  # their processes are gone: mark them failed, then drop them
-            run_dvc("queue", "kill", "--force", *running, env=env, check=False)
-            run_dvc("queue", "remove", *running, env=env, check=False)
+            bound = {"env": env, "check": False, "timeout_s": CLEANUP_TIMEOUT_S}
+            run_dvc("queue", "kill", "--force", *running, **bound)
+            run_dvc("queue", "remove", *running, **bound)
     if survivors:
         raise PipelineError(f"processes {survivors} did not stop")
     print(
