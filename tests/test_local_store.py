@@ -68,6 +68,8 @@ def test_a_stale_pid_file_is_removed_and_its_process_left_alone(repo, sleeper, c
     assert server is not None and server.pid != sleeper.pid
     assert remote.check_remote(remote.REMOTE_NAME).endswith("is reachable")
     assert remote.which() == remote.REMOTE_NAME
+    started.pid_file.write_text(f"{server.pid}\n")  # an older version's bare pid: still ours
+    assert remote.running_server(started) == server
 
     assert remote.stop() is True
     assert not server.running() and sleeper.poll() is None

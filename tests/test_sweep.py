@@ -49,7 +49,7 @@ def run_sweep(root: Path, overrides: list[str]) -> subprocess.CompletedProcess:
             env=env,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=900,  # the first experiments train every model at their runtime.threads
         )
     finally:
         subprocess.run(
@@ -189,7 +189,7 @@ def fake_queue(monkeypatch, statuses: list[str]) -> list[tuple[str, ...]]:
     """Make the sweep's DVC calls answer `queue status` with `statuses` in turn; record calls."""
     calls: list[tuple[str, ...]] = []
 
-    def dvc(*args: str, env=None, check=True, attempts=1) -> str:
+    def dvc(*args: str, **options) -> str:
         calls.append(args)
         if args[:2] == ("queue", "status"):
             return statuses.pop(0) if len(statuses) > 1 else statuses[0]

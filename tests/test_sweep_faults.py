@@ -174,7 +174,7 @@ def fake_dvc(monkeypatch, shown: list[dict]) -> None:
         "Worker status: 0 active, 0 idle\n"
     )
 
-    def dvc(*args: str, env=None, check=True, attempts=1) -> str:
+    def dvc(*args: str, **options) -> str:
         if args[:3] == ("exp", "run", "--queue"):
             return queued
         if args[:2] == ("queue", "status"):

@@ -313,14 +313,19 @@ def running_server(store: Store) -> Owned | None:
     """The store's SeaweedFS if it runs, checked by pid, start time and command line, else None.
 
     A pid file that names anything else (a process that reused the pid after a crash or a
-    reboot, or a file from an older version holding a bare pid) is removed, with a note.
+    reboot) is removed, with a note. An older version's bare pid is checked the same way.
     """
     if not store.pid_file.is_file():
         return None
     owned = Owned.load(store.pid_file)
-    if owned is not None and owned.running() and owned.cmdline == tuple(server_command(store)):
-        return owned
     recorded = store.pid_file.read_text().strip()
+    bare = owned is None and recorded.isdigit()
+    if bare:  # from an older version: the identity of what runs under that pid now
+        owned = Owned.of(int(recorded))
+    if owned is not None and owned.running() and owned.cmdline == tuple(server_command(store)):
+        if bare:
+            owned.save(store.pid_file)
+        return owned
     store.pid_file.unlink(missing_ok=True)
     pid = owned.pid if owned is not None else recorded[:20]
     print(

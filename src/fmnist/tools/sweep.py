@@ -42,8 +42,8 @@ DONE = ("Success", "Failed")
 # CPU that the experiments would use), and how many polls in a row (half a minute) may find
 # queued experiments with no worker before the workers are started again: a worker that is busy
 # starting up can miss `dvc queue status`'s ping, and must not be taken for a dead one.
-POLL_S = 5.0
-IDLE_POLLS = 6
+POLL_S = 10.0
+IDLE_POLLS = 3
 # What a log says when DVC itself, not the experiment, failed: concurrent workers racing for
 # git's locks (dvc#8763), or a worker that died before logging anything. Such a run is retried.
 DVC_FAILURES = (
@@ -231,15 +231,16 @@ def stop_workers(env: Mapping[str, str]) -> list[int]:
 
 @contextlib.contextmanager
 def uninterrupted() -> Iterator[None]:
-    """Ignore Ctrl-C for the block (a cleanup that must finish), in the main thread."""
+    """Ignore Ctrl-C and SIGTERM for the block (a bounded cleanup that must finish)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, before)
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def stop_sweep(names: Sequence[str], env: Mapping[str, str]) -> list[str]:
