@@ -59,20 +59,24 @@ format: setup ## Fix lint and formatting where ruff can
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-storage: setup ## Start a local S3 store (SeaweedFS, 127.0.0.1) and make it the --local default remote
+# The remote that push, pull and remote-check use: the local store's (`local-store`) while it
+# runs, else the default remote. Expanded only in those recipes.
+STORE_REMOTE = $(shell $(BIN)/python -m fmnist.tools.remote which)
+
+storage: setup ## Start a local S3 store (SeaweedFS, 127.0.0.1), the remote `local-store` while it runs
 	$(BIN)/python -m fmnist.tools.remote start
 
 storage-stop: setup ## Stop the local S3 store (its data stays in .storage/)
 	$(BIN)/python -m fmnist.tools.remote stop
 
-remote-check: setup ## Check that the default DVC remote answers to its credentials
-	$(BIN)/python -m fmnist.tools.remote check
+remote-check: setup ## Check that the remote (local store if running, else default) answers
+	$(BIN)/python -m fmnist.tools.remote check $(STORE_REMOTE)
 
-push: setup ## Push outputs and run-cache (with what restoring each run needs) to the default remote
-	$(BIN)/python -m fmnist.tools.remote push
+push: setup ## Push outputs and run-cache (with what restoring each run needs) to that remote
+	$(BIN)/python -m fmnist.tools.remote push $(STORE_REMOTE)
 
-pull: remote-check ## Pull outputs and run-cache from the default remote
-	$(BIN)/dvc pull --run-cache
+pull: remote-check ## Pull outputs and run-cache from that remote
+	$(BIN)/dvc pull --run-cache $(if $(STORE_REMOTE),-r $(STORE_REMOTE))
 
 lock-check: setup ## Fail if dvc.lock does not match the committed code and params
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m fmnist.tools.lockcheck

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-import torch
 import yaml
 
 from fmnist.tools import sweep
-from fmnist.tools.sweep import Experiment, dvc_failed, format_table, sweep_keys, table, worker_env
+from fmnist.tools.sweep import Experiment, dvc_failed, format_table, run_threads, sweep_keys, table
 
 from .conftest import load_stage, write_params
 from .workflow_repo import BIN, committed_repo, copy_repo, dvc
@@ -50,7 +49,7 @@ def run_sweep(root: Path, overrides: list[str]) -> subprocess.CompletedProcess:
             env=env,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=900,  # the first experiments train every model at their runtime.threads
         )
     finally:
         subprocess.run(
@@ -87,16 +86,15 @@ def one_at_a_time(root: Path, dest: Path, lr: float, hidden: int, threads: int) 
         shutil.copytree(root / folder, dest / folder, symlinks=True)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["models"]["model_2"].update(lr=lr, hidden_units=hidden)
+    params["runtime"]["threads"] = threads  # what the sweep sets for each experiment
     write_params(dest / "params.yaml", params)
-    cwd, before = Path.cwd(), torch.get_num_threads()
+    cwd = Path.cwd()
     os.chdir(dest)
-    torch.set_num_threads(threads)  # what OMP_NUM_THREADS gives a worker's stage
     try:
         load_stage("train").main(["--model", "model_2"])
         load_stage("evaluate").main(["--model", "model_2"])
     finally:
         os.chdir(cwd)
-        torch.set_num_threads(before)
     return json.loads((dest / "metrics" / "models" / "model_2.json").read_text())
 
 
@@ -115,22 +113,25 @@ def test_a_grid_with_two_workers_succeeds_and_is_listed_once(swept):
     assert grid == {(0.05, 4), (0.05, 6), (0.2, 4), (0.2, 6)}
     for name in experiments:
         assert name in result.stdout  # in the printed table
-    assert (root / "sweep" / "sweep.csv").read_text().count("\n") == 5
+    csv = (root / "sweep" / "sweep.csv").read_text()
+    assert csv.count("\n") == 5 and "runtime.threads" in csv.splitlines()[0]
     assert (root / "sweep" / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert workers(root) == []
 
 
-def test_each_worker_got_its_share_of_the_cores(swept):
+def test_each_worker_got_its_share_of_the_cores_as_a_param(swept):
     root, _ = swept
-    expected = int(worker_env(JOBS)["OMP_NUM_THREADS"])
+    expected = run_threads(JOBS)
     for (rev,) in shown(root).values():
+        params = rev["data"]["params"]["params.yaml"]["data"]
+        assert params["runtime"]["threads"] == expected  # in what DVC hashes, not only the env
         timing = rev["data"]["metrics"]["metrics/train/model_2.json"]["data"]["model_2"]
-        assert timing["threads"] == expected  # OMP_NUM_THREADS reached the stage in the worker
+        assert timing["threads"] == expected
 
 
 def test_the_parallel_results_equal_one_at_a_time_runs(swept, tmp_path):
     root, _ = swept
-    threads = int(worker_env(JOBS)["OMP_NUM_THREADS"])
+    threads = run_threads(JOBS)
     for name, (rev,) in shown(root).items():
         data = rev["data"]
         model_2 = data["params"]["params.yaml"]["data"]["models"]["model_2"]
@@ -188,7 +189,7 @@ def fake_queue(monkeypatch, statuses: list[str]) -> list[tuple[str, ...]]:
     """Make the sweep's DVC calls answer `queue status` with `statuses` in turn; record calls."""
     calls: list[tuple[str, ...]] = []
 
-    def dvc(*args: str, env=None, check=True) -> str:
+    def dvc(*args: str, **options) -> str:
         calls.append(args)
         if args[:2] == ("queue", "status"):
             return statuses.pop(0) if len(statuses) > 1 else statuses[0]

@@ -1,13 +1,16 @@
 """Share results through a DVC remote: a local S3-compatible store to try it, and a remote check.
 
-    fmnist-remote start          # SeaweedFS on 127.0.0.1, the --local default remote
+    fmnist-remote start          # SeaweedFS on 127.0.0.1, as the --local remote `local-store`
     fmnist-remote stop
+    fmnist-remote which          # `local-store` while the store runs, else nothing (for make)
     fmnist-remote check [NAME]   # reach the remote with its credentials, or say why not
     fmnist-remote push [NAME]    # dvc push --run-cache, and what restoring runs needs
 
 The store keeps its objects, credentials and log under `.storage/` (git-ignored), so a restart
 finds what was pushed before. Its credentials are made at the first start and written only to
-`.storage/` and to DVC's `--local` config, never to the committed `.dvc/config`.
+`.storage/` and to DVC's `--local` config (all 0600), never to the committed `.dvc/config`, a
+command line or a message. The store is a named remote, not the default: a team's default
+remote stays the default, and `make push`/`pull` pick the store only while it runs.
 """
 
 from __future__ import annotations
@@ -22,15 +25,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fmnist.pipeline.atomic import write_json
 from fmnist.pipeline.cli import command_parser, entry_point
 from fmnist.pipeline.errors import PipelineError
-from fmnist.tools.dvc_command import run_dvc
+from fmnist.pipeline.processes import Owned
 
 HOST = "127.0.0.1"
 STORE_DIR = Path(".storage")
@@ -50,6 +52,8 @@ PORT_NAMES = (
 )
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 5.0
+# Keys of a DVC remote's config whose values are secrets: never printed, files holding them 0600.
+SECRET_KEYS = ("secret_access_key", "session_token", "password", "sas_token", "account_key")
 
 
 @dataclass(frozen=True)
@@ -127,9 +131,9 @@ def new_store(root: Path = STORE_DIR) -> Store:
         access_key=secrets.token_hex(10),
         secret_key=secrets.token_hex(20),
     )
-    root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
     state = {k: v for k, v in asdict(store).items() if k != "root"}
-    write_json(store.state_file, state)
+    write_secret_json(store.state_file, state)
     identities = {
         "identities": [
             {
@@ -139,10 +143,30 @@ def new_store(root: Path = STORE_DIR) -> Store:
             }
         ]
     }
-    write_json(store.identities_file, identities)
-    for path in (store.state_file, store.identities_file):
-        path.chmod(0o600)  # they hold the secret key
+    write_secret_json(store.identities_file, identities)
     return store
+
+
+def write_secret_json(path: Path, data: Any) -> None:
+    """Write JSON holding a secret atomically, readable by its owner alone from the first byte."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(data, indent=2) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def redact(text: str, hidden: Sequence[str]) -> str:
+    """`text` with every secret in `hidden` replaced by `***`."""
+    for secret in hidden:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 def server_command(store: Store) -> list[str]:
@@ -193,20 +217,19 @@ def s3_client(store: Store) -> Any:
     )
 
 
-def wait_until_ready(store: Store, process: subprocess.Popen, bucket: str) -> None:
-    """Wait until the store answers and takes a write into `bucket` (created if missing)."""
+def wait_until_ready(
+    store: Store, gone: Callable[[], str | None], bucket: str, timeout_s: float = START_TIMEOUT_S
+) -> None:
+    """Wait until the store answers and takes a write into `bucket`; `gone` says if it ended."""
     # SeaweedFS answers S3 requests a moment before its volume server has registered, and a
     # write in that moment fails: the store is ready once a test object goes in.
     from botocore.exceptions import BotoCoreError, ClientError
 
-    deadline = time.monotonic() + START_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     last_error = "no answer"
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise PipelineError(
-                f"SeaweedFS exited with status {process.returncode} while starting; "
-                f"see {store.log_file}"
-            )
+        if (why := gone()) is not None:
+            raise PipelineError(f"SeaweedFS {why} while starting; see {store.log_file}")
         client = s3_client(store)
         try:
             with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
@@ -218,13 +241,15 @@ def wait_until_ready(store: Store, process: subprocess.Popen, bucket: str) -> No
             last_error = str(exc)
         time.sleep(0.25)
     raise PipelineError(
-        f"SeaweedFS did not become ready on {store.endpoint} within {START_TIMEOUT_S:.0f} s "
+        f"SeaweedFS did not become ready on {store.endpoint} within {timeout_s:.0f} s "
         f"({last_error}); see {store.log_file}"
     )
 
 
 def start_server(store: Store, bucket: str = BUCKET) -> subprocess.Popen:
     """Start SeaweedFS for `store` in its own session, and return once `bucket` takes writes."""
+    # It outlives this command on purpose (`fmnist-remote stop` ends it), so it is not spawned
+    # to die with its starter: its identity goes to the pid file, checked before any signal.
     (store.root / "data").mkdir(parents=True, exist_ok=True)
     with open(store.log_file, "ab") as log:
         process = subprocess.Popen(
@@ -235,12 +260,21 @@ def start_server(store: Store, bucket: str = BUCKET) -> subprocess.Popen:
             start_new_session=True,  # a Ctrl-C in the terminal that started it does not stop it
         )
     try:
-        wait_until_ready(store, process, bucket)
+        owned = Owned.of(process.pid)
+        if owned is not None:
+            owned.save(store.pid_file)
+        wait_until_ready(store, lambda: _exit_status(process), bucket)
     except BaseException:
         stop_server(process.pid)
+        store.pid_file.unlink(missing_ok=True)
         raise
-    store.pid_file.write_text(f"{process.pid}\n")
     return process
+
+
+def _exit_status(process: subprocess.Popen) -> str | None:
+    """`exited with status N` once `process` has ended, else None."""
+    code = process.poll()
+    return None if code is None else f"exited with status {code}"
 
 
 def _alive(pid: int) -> bool:
@@ -275,31 +309,71 @@ def stop_server(pid: int, grace: float = STOP_TIMEOUT_S) -> None:
     raise PipelineError(f"SeaweedFS (pid {pid}) did not stop")
 
 
-def running_pid(store: Store) -> int | None:
-    """The pid of the store's server if it is running, else None."""
+def running_server(store: Store) -> Owned | None:
+    """The store's SeaweedFS if it runs, checked by pid, start time and command line, else None.
+
+    A pid file that names anything else (a process that reused the pid after a crash or a
+    reboot) is removed, with a note. An older version's bare pid is checked the same way.
+    """
     if not store.pid_file.is_file():
         return None
-    pid = int(store.pid_file.read_text())
-    return pid if _alive(pid) else None
+    owned = Owned.load(store.pid_file)
+    recorded = store.pid_file.read_text().strip()
+    bare = owned is None and recorded.isdigit()
+    if bare:  # from an older version: the identity of what runs under that pid now
+        owned = Owned.of(int(recorded))
+    if owned is not None and owned.running() and owned.cmdline == tuple(server_command(store)):
+        if bare:
+            owned.save(store.pid_file)
+        return owned
+    store.pid_file.unlink(missing_ok=True)
+    pid = owned.pid if owned is not None else recorded[:20]
+    print(
+        f"removed the stale pid file {store.pid_file}: pid {pid} is not this store's SeaweedFS",
+        file=sys.stderr,
+    )
+    return None
 
 
 def configure_remote(store: Store, name: str = REMOTE_NAME, url: str = REMOTE_URL) -> None:
-    """Make the store this clone's default DVC remote, all in the git-ignored --local config."""
-    run_dvc("remote", "add", "--local", "--default", "--force", name, url)
-    for key, value in (
-        ("endpointurl", store.endpoint),
-        ("access_key_id", store.access_key),
-        ("secret_access_key", store.secret_key),
-    ):
-        run_dvc("remote", "modify", "--local", name, key, value)
+    """Add the store as remote `name` in the git-ignored --local config (0600), not as default."""
+    # Through DVC's API: `dvc remote modify ... secret_access_key VALUE` would put the secret
+    # on a command line (`ps` shows it to every user) and in the error message if it failed.
+    from dvc.config import Config
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        dvc_dir = Repo.find_dvc_dir()
+        local = Path(dvc_dir) / "config.local"
+        os.close(os.open(local, os.O_WRONLY | os.O_CREAT, 0o600))
+        local.chmod(0o600)  # before the secret goes in, also when the file existed
+        config = Config(dvc_dir)
+        with config.edit("local") as conf:
+            conf["remote"][name] = {
+                "url": url,
+                "endpointurl": store.endpoint,
+                "access_key_id": store.access_key,
+                "secret_access_key": store.secret_key,
+            }
+            # An older `fmnist-remote start` made the store the --local default, which hid a
+            # team's default remote: undo that.
+            if conf["core"].get("remote") == name:
+                del conf["core"]["remote"]
+                print(f"DVC remote {name!r} is no longer this clone's --local default")
+    except DvcException as exc:
+        raise PipelineError(
+            f"could not add DVC remote {name!r}: {redact(str(exc), [store.secret_key])}"
+        ) from None
 
 
 def start(root: Path = STORE_DIR) -> Store:
-    """Start the local store (or find it running) and set it as the default remote."""
+    """Start the local store (or find it running and answering) and add it as a DVC remote."""
     store = load_store(root)
     if store is None:
         store = new_store(root)
-    if running_pid(store) is None:
+    server = running_server(store)
+    if server is None:
         ports = list(store.ports.values())
         taken = [port for port in ports if not _port_free(port)]
         if taken:
@@ -308,6 +382,8 @@ def start(root: Path = STORE_DIR) -> Store:
                 f"stop what uses them, or remove {store.state_file} to pick new ones"
             )
         start_server(store)
+    else:  # ours, but it must answer too before it is reported
+        wait_until_ready(store, lambda: None if server.running() else "stopped", BUCKET)
     configure_remote(store)
     return store
 
@@ -324,19 +400,28 @@ def _port_free(port: int) -> bool:
 
 
 def stop(root: Path = STORE_DIR) -> bool:
-    """Stop the local store if it runs; return whether it did."""
+    """Stop the local store if it runs (checked to be ours); return whether it did."""
     store = load_store(root)
-    pid = running_pid(store) if store else None
-    if pid is None:
+    server = running_server(store) if store else None
+    if server is None:
         return False
-    stop_server(pid)
+    try:
+        server.stop(STOP_TIMEOUT_S)
+    except OSError as exc:
+        raise PipelineError(f"SeaweedFS: {exc}") from None
     store.pid_file.unlink(missing_ok=True)
     return True
 
 
-def _remote_error(name: str, url: str, exc: BaseException) -> str:
-    """Say in one line why remote `name` at `url` could not be used."""
-    text = f"{type(exc).__name__}: {exc}"
+def which(root: Path = STORE_DIR) -> str | None:
+    """The remote `make push`/`pull` use: the local store's while it runs, else None (default)."""
+    store = load_store(root)
+    return REMOTE_NAME if store is not None and running_server(store) is not None else None
+
+
+def _remote_error(name: str, url: str, exc: BaseException, hidden: Sequence[str] = ()) -> str:
+    """Say in one line why remote `name` at `url` could not be used (secrets in `hidden` masked)."""
+    text = redact(f"{type(exc).__name__}: {exc}", hidden)
     if isinstance(exc, PermissionError) or "403" in text or "Forbidden" in text:
         why = (
             "the store refused the credentials (403 Forbidden); set them with "
@@ -344,7 +429,8 @@ def _remote_error(name: str, url: str, exc: BaseException) -> str:
             "or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
         )
     elif "connect" in text.lower() or isinstance(exc, ConnectionError | TimeoutError):
-        why = f"cannot connect ({exc}); is the store running, and is endpointurl right?"
+        shown = redact(str(exc), hidden)
+        why = f"cannot connect ({shown}); is the store running, and is endpointurl right?"
     else:
         why = text
     return f"DVC remote {name!r} ({url}): {why}"
@@ -362,7 +448,9 @@ def check_remote(name: str | None = None) -> str:
         except DvcException as exc:
             raise PipelineError(str(exc)) from None
         label = remote.name or name or "default"
-        url = repo.config["remote"][label]["url"]
+        section = repo.config["remote"][label]
+        url = section["url"]
+        hidden = [str(section[key]) for key in SECRET_KEYS if section.get(key)]
         fs = remote.fs
         # On S3 the bucket must exist; under it, DVC creates what it needs on the first push.
         top = remote.path.split("/", 1)[0] if fs.protocol in ("s3", "s3a") else remote.path
@@ -376,7 +464,7 @@ def check_remote(name: str | None = None) -> str:
                 "or fix the URL"
             ) from None
         except (OSError, BotoCoreError) as exc:  # access errors, and an unreachable endpoint
-            raise PipelineError(_remote_error(label, url, exc)) from None
+            raise PipelineError(_remote_error(label, url, exc, hidden)) from None
     return f"DVC remote {label!r} ({url}) is reachable"
 
 
@@ -435,8 +523,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Start or stop the local store, or check a remote."""
     parser = command_parser(__doc__, prog="fmnist-remote")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("start", help="start the local S3 store and make it the default remote")
+    commands.add_parser("start", help=f"start the local S3 store, as DVC remote {REMOTE_NAME!r}")
     commands.add_parser("stop", help="stop the local S3 store")
+    commands.add_parser("which", help=f"print {REMOTE_NAME!r} if the store runs (for make)")
     check = commands.add_parser("check", help="check that a remote answers to its credentials")
     sync = commands.add_parser(
         "push", help="dvc push --run-cache, plus the objects restoring each run needs"
@@ -447,11 +536,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "start":
         store = start()
         print(
-            f"SeaweedFS S3 store on {store.endpoint}, data in {store.root}/; "
-            f"DVC remote {REMOTE_NAME!r} ({REMOTE_URL}) is the --local default"
+            f"SeaweedFS S3 store on {store.endpoint}, data in {store.root}/; DVC remote "
+            f"{REMOTE_NAME!r} ({REMOTE_URL}), which make push/pull use while it runs "
+            f"(`dvc push -r {REMOTE_NAME}` by hand); the default remote is unchanged"
         )
     elif args.command == "stop":
         print("stopped the local store" if stop() else "the local store was not running")
+    elif args.command == "which":
+        print(which() or "")
     elif args.command == "push":
         push(args.name)
     else:

@@ -1,0 +1,226 @@
+"""`fmnist-sweep` under faults: Ctrl-C, its time limit and a killed tool leave no worker or
+training running and nothing in DVC's queue; the thread count is a param that DVC tracks; the
+report survives values with `:` and never passes an old chart for a new one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fmnist.pipeline.paths import MODEL_METRICS_DIR
+from fmnist.pipeline.processes import Owned, kill_all, spawn, stop_group, tagged
+from fmnist.tools import sweep
+from fmnist.tools.sweep import TAG_ENV, split_override, with_threads
+
+from .test_faults import wait_for
+from .workflow_repo import BIN, committed_repo, copy_repo, dvc, ran_stages
+
+GRID = ["models.model_2.lr=0.05,0.2", "models.model_2.hidden_units=4,6"]
+STOP_WITHIN_S = 10.0
+
+
+def sweep_processes(root: Path) -> list[int]:
+    """Every process a sweep in `root` started: workers, `exec-run`s and stages."""
+    return tagged(TAG_ENV, str(root.resolve()))
+
+
+def training(root: Path) -> bool:
+    """Whether a stage of the sweep is training right now."""
+    for pid in sweep_processes(root):
+        owned = Owned.of(pid)
+        if owned is not None and any("stages/train.py" in part for part in owned.cmdline):
+            return True
+    return False
+
+
+def unfinished(root: Path) -> list[str]:
+    """Lines of `dvc queue status` for experiments still queued or running."""
+    out = dvc("queue", "status", cwd=root)
+    return [line for line in out.splitlines() if line.split()[-1:] in (["Queued"], ["Running"])]
+
+
+def start_sweep(root: Path, *args: str) -> subprocess.Popen[str]:
+    """Start the tool in `root` as a user would, in the background."""
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    command = [sys.executable, "-m", "fmnist.tools.sweep", "--jobs", "2", *args]
+    return spawn(
+        [*command, *(a for o in GRID for a in ("-S", o))],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def gone_within(root: Path, seconds: float) -> list[int]:
+    """Wait up to `seconds` for the sweep's processes to end; return those still alive."""
+    deadline = time.monotonic() + seconds
+    while (left := sweep_processes(root)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+@pytest.fixture
+def repo(tmp_path, tmp_path_factory, tiny_data):
+    """A copy of the committed tiny-data repository; its sweep processes end with the test."""
+    root = copy_repo(committed_repo(tmp_path_factory, tiny_data), tmp_path / "repo")
+    try:
+        yield root
+    finally:
+        kill_all(sweep_processes(root), grace=1)
+
+
+def test_ctrl_c_stops_every_worker_and_training_and_empties_the_queue(repo):
+    tool = start_sweep(repo)
+    try:
+        wait_for(lambda: training(repo), "an experiment to train", timeout_s=240)
+        tool.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        assert gone_within(repo, STOP_WITHIN_S) == []
+        stdout, stderr = tool.communicate(timeout=60)
+        print(f"exited {time.monotonic() - interrupted:.1f} s after Ctrl-C")
+    finally:
+        stop_group(tool)
+    assert tool.returncode == 130, stdout + stderr
+    assert "error: interrupted" in stderr
+    assert "stopped" in stdout and "Stopped" in stdout  # the table says which
+    assert unfinished(repo) == []
+    assert sweep_processes(repo) == []
+
+
+def test_the_time_limit_stops_every_worker_and_empties_the_queue(repo):
+    tool = start_sweep(repo, "--timeout-s", "8")
+    try:
+        stdout, stderr = tool.communicate(timeout=120)
+        ended = time.monotonic()
+    finally:
+        stop_group(tool)
+    assert tool.returncode == 1, stdout + stderr
+    assert "did not end within 8 s" in stderr and "stopped" in stderr
+    assert "dvc queue stop --kill" not in stderr  # advice that would not have stopped them
+    assert gone_within(repo, max(0.0, STOP_WITHIN_S - (time.monotonic() - ended))) == []
+    assert unfinished(repo) == []
+
+
+def test_a_killed_tools_workers_are_stopped_by_stop(repo):
+    tool = start_sweep(repo)
+    try:
+        wait_for(lambda: training(repo), "an experiment to train", timeout_s=240)
+        tool.kill()  # no cleanup can run: DVC's workers are daemons and go on
+        tool.communicate(timeout=30)
+        assert sweep_processes(repo) != []
+    finally:
+        stop_group(tool)
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    stop = subprocess.run(
+        [sys.executable, "-m", "fmnist.tools.sweep", "--stop"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert sweep_processes(repo) == []
+    assert not any(line.split()[-1] == "Running" for line in unfinished(repo))
+
+
+def test_one_and_two_threads_are_two_runs_for_dvc(repo):
+    first = dvc("exp", "run", "-S", "runtime.threads=1", cwd=repo)
+    second = dvc("exp", "run", "-S", "runtime.threads=2", cwd=repo)
+    for output in (first, second):
+        assert "train@model_2" in ran_stages(output)  # trained, not restored from the other
+    timing = json.loads((repo / "metrics" / "train" / "model_2.json").read_text())
+    assert timing["model_2"]["threads"] == 2
+    again = dvc("exp", "run", "-S", "runtime.threads=1", cwd=repo)
+    assert ran_stages(again) == []  # the same params: the 1-thread run, restored
+    assert "Stage 'train@model_2' is cached" in again
+
+
+def test_the_sweep_sets_the_thread_count_as_a_param_unless_it_sweeps_it():
+    assert with_threads(["models.model_2.lr=0.1,0.2"], 3) == [
+        "models.model_2.lr=0.1,0.2",
+        "runtime.threads=3",
+    ]
+    assert with_threads(["runtime.threads=1,2"], 3) == ["runtime.threads=1,2"]
+    assert split_override("params.yaml:data.sources=http://127.0.0.1:8000/") == (
+        "data.sources",
+        "http://127.0.0.1:8000/",
+    )
+    assert split_override("runtime.device=cuda:1") == ("runtime.device", "cuda:1")
+
+
+def fake_dvc(monkeypatch, shown: list[dict]) -> None:
+    """Make the sweep's DVC answer as after a grid of `runtime.device=cpu,cuda:1`."""
+    queued = (
+        "Queueing with overrides '{'params.yaml': ['runtime.device=cpu', 'runtime.threads=1']}'.\n"
+        "Queued experiment 'good-run' for future execution.\n"
+        "Queueing with overrides '{'params.yaml': ['runtime.device=cuda:1', "
+        "'runtime.threads=1']}'.\n"
+        "Queued experiment 'bad-run' for future execution.\n"
+    )
+    status = (
+        "Task     Name        Created    Status\n"
+        "abc1234  good-run    04:27 AM   Success\n"
+        "abc1235  bad-run     04:27 AM   Failed\n\n"
+        "Worker status: 0 active, 0 idle\n"
+    )
+
+    def dvc(*args: str, **options) -> str:
+        if args[:3] == ("exp", "run", "--queue"):
+            return queued
+        if args[:2] == ("queue", "status"):
+            return status
+        if args[:2] == ("exp", "show"):
+            return json.dumps([{"experiments": [{"revs": shown}]}] if shown else [])
+        return ""
+
+    monkeypatch.setattr(sweep, "run_dvc", dvc)
+    monkeypatch.setattr(sweep, "queue_log", lambda name, env: "error: no such device cuda:1\n")
+    monkeypatch.setattr(sweep, "POLL_S", 0)
+
+
+def test_a_value_with_a_colon_reaches_the_table_and_the_csv(tmp_path, monkeypatch, capsys):
+    metrics = {"data": {"model_2": {"accuracy": 0.5, "loss": 1.25}}}
+    good = {
+        "name": "good-run",
+        "data": {
+            "params": {"params.yaml": {"data": {"runtime": {"device": "cpu", "threads": 1}}}},
+            "metrics": {f"{MODEL_METRICS_DIR}/model_2.json": metrics},
+        },
+    }
+    fake_dvc(monkeypatch, [good])
+    monkeypatch.chdir(tmp_path)
+    experiments = sweep.sweep(["runtime.device=cpu,cuda:1"], 1, 1, 5, tmp_path / "out")
+    assert [(e.name, e.status) for e in experiments] == [
+        ("good-run", "Success"),
+        ("bad-run", "Failed"),
+    ]
+    out = capsys.readouterr().out
+    assert "cuda:1" in out and "50.00%" in out
+    assert "bad-run failed: error: no such device cuda:1" in out
+    csv = (tmp_path / "out" / "sweep.csv").read_text().splitlines()
+    assert csv[0] == "experiment,state,runtime.device,runtime.threads,model_2 accuracy,model_2 loss"
+    assert csv[2] == "bad-run,Failed,cuda:1,1,-,-"
+    assert (tmp_path / "out" / "sweep.png").is_file()
+
+
+def test_no_chart_is_claimed_or_left_over_when_nothing_has_metrics(tmp_path, monkeypatch, capsys):
+    fake_dvc(monkeypatch, [])
+    monkeypatch.chdir(tmp_path)
+    stale = tmp_path / "out" / "sweep.png"
+    stale.parent.mkdir()
+    stale.write_bytes(b"an older sweep's chart")
+    sweep.sweep(["runtime.device=cpu,cuda:1"], 1, 1, 5, tmp_path / "out")
+    out = capsys.readouterr().out
+    assert "sweep.png" not in out and "no chart" in out
+    assert not stale.exists()
+    assert (tmp_path / "out" / "sweep.csv").is_file()
