@@ -151,6 +151,7 @@ def test_the_sweep_sets_the_thread_count_as_a_param_unless_it_sweeps_it():
         "runtime.threads=3",
     ]
     assert with_threads(["runtime.threads=1,2"], 3) == ["runtime.threads=1,2"]
+    assert with_threads(["models.model_2.lr=0.1,0.2"], 0) == ["models.model_2.lr=0.1,0.2"]
     assert split_override("params.yaml:data.sources=http://127.0.0.1:8000/") == (
         "data.sources",
         "http://127.0.0.1:8000/",

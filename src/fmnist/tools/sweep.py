@@ -105,8 +105,10 @@ def worker_env(
 
 
 def with_threads(overrides: Sequence[str], threads: int) -> list[str]:
-    """The overrides with `runtime.threads=threads` added, unless they sweep it themselves."""
-    if THREADS_KEY in sweep_keys(overrides):
+    """The overrides with `runtime.threads=threads` added, unless 0 or swept themselves."""
+    # 0: one worker with every core, as `dvc repro` runs: params.yaml's own setting holds, so
+    # an experiment re-runs only the stages of what it changes.
+    if not threads or THREADS_KEY in sweep_keys(overrides):
         return list(overrides)
     return [*overrides, f"{THREADS_KEY}={threads}"]
 
@@ -437,13 +439,18 @@ def sweep(
 ) -> list[Experiment]:
     """Queue, run and collect a grid; print its table; write the CSV and chart under `out`."""
     env = worker_env(jobs, threads)
-    each = run_threads(jobs, threads)
+    each = run_threads(jobs, threads) if threads or jobs > 1 else 0
     overrides = with_threads(overrides, each)
     queued = queue(overrides, env)
     names = list(queued)
     keys = sweep_keys(overrides)
     print(f"queued {len(names)} experiments: {', '.join(names)}", flush=True)
-    print(f"running them with {jobs} workers of {each} threads each ({THREADS_KEY})", flush=True)
+    if each:
+        print(
+            f"running them with {jobs} workers of {each} threads each ({THREADS_KEY})", flush=True
+        )
+    else:
+        print(f"running them with 1 worker, {THREADS_KEY} as params.yaml sets it", flush=True)
     start = time.perf_counter()
     seen = dict.fromkeys(names, "Queued")
     try:
