@@ -98,9 +98,7 @@ def test_a_damaged_or_old_pid_file_names_no_process(tmp_path, content):
 
 def test_processes_are_found_by_their_tag_and_killed_even_when_they_ignore_sigterm():
     tag = uuid.uuid4().hex
-    stubborn = (
-        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"
-    )
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"
     env = {**os.environ, "FMNIST_TEST_TAG": tag}
     procs = [
         subprocess.Popen(SLEEP, env=env),
