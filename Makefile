@@ -50,7 +50,7 @@ plots: setup ## Render the plots into dvc_plots/index.html for offline viewing (
 	$(BIN)/python -m fmnist.tools.plots_page $(REVS)
 
 experiments: setup ## The experiments table: the params that changed and the metrics they moved
-	$(BIN)/dvc exp show --no-pager --only-changed --drop '$(EXP_SHOW_DROP)' $(EXP_FLAGS)
+	@$(BIN)/dvc exp show --no-pager --only-changed --drop '$(EXP_SHOW_DROP)' $(EXP_FLAGS)
 
 test: setup ## Run the test suite (offline, tiny generated data)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest

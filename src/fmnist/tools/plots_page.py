@@ -103,7 +103,7 @@ IMAGE_TITLES = {
     "_confusion": "{model}: confusion matrix",
     "_predictions": "{model}: predictions on random test images",
     "samples": "Random training images",
-    "accuracy": "Test accuracy by model",
+    "accuracy": "Test accuracy by model (as compare draws it)",
 }
 
 
