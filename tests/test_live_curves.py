@@ -45,7 +45,7 @@ def test_curves_are_readable_and_whole_while_training_runs(project, monkeypatch)
     with stage(project, "model_2", project / "train.log") as proc:
         deadline, epochs, reads = time.monotonic() + 120, [], 0
         while time.monotonic() < deadline and proc.poll() is None and len(epochs) < 3:
-            if curves.exists():
+            if curves.exists() and steps.exists():  # the first epoch writes one, then the other
                 epochs = rows(curves.read_text(), HISTORY_FIELDS)  # whole at every read
                 rows(steps.read_text(), STEP_FIELDS)
                 reads += 1
