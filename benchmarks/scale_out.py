@@ -91,11 +91,12 @@ def time_training(repo: Path, processes: int) -> dict[str, object]:
     start = time.perf_counter()
     sh(sys.executable, "stages/train.py", "--model", "model_2", cwd=repo, env=env)
     wall = time.perf_counter() - start
-    timing = json.loads((repo / "metrics" / "train" / "model_2.json").read_text())["model_2"]
-    final = json.loads((repo / "models" / "model_2.json").read_text())["final"]
+    timing = json.loads((repo / "timings" / "model_2.json").read_text())
+    sidecar = json.loads((repo / "models" / "model_2.json").read_text())
+    final = sidecar["final"]
     return {
         "processes": processes,
-        "threads_per_process": timing["threads"],
+        "threads_per_process": sidecar["threads"],
         "stage_seconds": round(wall, 1),
         "train_seconds": timing["train_seconds"],
         "test_accuracy": final["test_accuracy"],

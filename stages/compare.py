@@ -4,9 +4,16 @@ import logging
 from collections.abc import Sequence
 
 from fmnist.pipeline import paths
+from fmnist.pipeline.atomic import write_json
 from fmnist.pipeline.classes import confusion_counts, load_classes
 from fmnist.pipeline.cli import entry_point, stage_parser
-from fmnist.pipeline.comparison import join_curves, load_metrics, load_predictions, write_csv
+from fmnist.pipeline.comparison import (
+    join_curves,
+    load_predictions,
+    load_scores,
+    metrics_summary,
+    write_csv,
+)
 from fmnist.pipeline.figures import accuracy_bars, confusion_png, prediction_grid, sample_grid
 from fmnist.pipeline.idx import read_split
 from fmnist.pipeline.params import load_params
@@ -19,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__).parse_args(argv)
     params = load_params(args.params)
     seed = params.runtime.seed
-    table = load_metrics(paths.MODEL_METRICS_DIR, paths.TRAIN_METRICS_DIR, list(params.models))
+    table = load_scores(paths.SCORES_DIR, list(params.models))
     # Every input is read before anything is written, so a failure leaves the outputs alone.
     classes = load_classes(paths.PREPARED_DIR)
     train_images, train_labels = read_split(paths.RAW_DIR, "train")
@@ -31,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     labels = {name: model.label for name, model in params.models.items()}
     epochs, steps = join_curves(paths.CURVES_DIR, paths.STEPS_DIR, labels)
 
+    write_json(paths.METRICS_FILE, metrics_summary(table))
     write_csv(table, paths.COMPARISON_CSV)
     write_csv(epochs, paths.COMPARISON_DIR / "epochs.csv")
     write_csv(steps, paths.COMPARISON_DIR / "steps.csv")
@@ -54,12 +62,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             seed,
         )
     log.info(
-        "compared %s from %s, %s, %s and %s; wrote %s and the figures in %s",
+        "compared %s from %s, %s and %s; wrote %s, %s and the figures in %s",
         ", ".join(table["model"]),
-        paths.MODEL_METRICS_DIR,
-        paths.TRAIN_METRICS_DIR,
+        paths.SCORES_DIR,
         paths.CURVES_DIR,
         paths.PREDICTIONS_DIR,
+        paths.METRICS_FILE,
         paths.COMPARISON_DIR,
         paths.PLOTS_DIR,
     )

@@ -10,13 +10,12 @@ from fmnist.pipeline.cli import entry_point, stage_parser
 from fmnist.pipeline.data import load_split
 from fmnist.pipeline.evaluation import (
     check_reproduces,
-    metrics_record,
     score_test_set,
+    scores_record,
     write_confusion,
     write_per_class,
     write_predictions,
 )
-from fmnist.pipeline.models import count_parameters
 from fmnist.pipeline.params import load_params
 from fmnist.pipeline.runtime import cpu_threads, place_model, resolve_device
 
@@ -43,8 +42,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             model, test, len(classes), device, params.eval.batch_size, compute_dtype
         )
     check_reproduces(name, scorecard, meta["final"])
-    record = metrics_record(name, meta, scorecard, count_parameters(model), device)
-    write_json(paths.MODEL_METRICS_DIR / f"{name}.json", record)
+    write_json(paths.SCORES_DIR / f"{name}.json", scores_record(meta, scorecard, device))
     write_per_class(scorecard, classes, paths.PER_CLASS_DIR / f"{name}.csv")
     write_confusion(scorecard, classes, paths.CONFUSION_DIR / f"{name}.csv")
     write_predictions(scorecard, test.labels, classes, paths.PREDICTIONS_DIR / f"{name}.csv")
@@ -61,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         name,
         scorecard.loss,
         100 * scorecard.accuracy,
-        paths.MODEL_METRICS_DIR / f"{name}.json",
+        paths.SCORES_DIR / f"{name}.json",
         paths.PER_CLASS_DIR / f"{name}.csv",
         paths.CONFUSION_DIR / f"{name}.csv",
         paths.PREDICTIONS_DIR / f"{name}.csv",

@@ -4,7 +4,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from fmnist.pipeline import distributed
+from fmnist.pipeline import distributed, live
 from fmnist.pipeline.atomic import write_json
 from fmnist.pipeline.checkpoint import save_checkpoint
 from fmnist.pipeline.classes import load_classes
@@ -15,14 +15,14 @@ from fmnist.pipeline.paths import (
     CURVES_DIR,
     PREPARED_DIR,
     STEPS_DIR,
-    TRAIN_METRICS_DIR,
+    TIMINGS_DIR,
     weights_path,
 )
 from fmnist.pipeline.progress import epoch_bars
 from fmnist.pipeline.runtime import resolve_compute_dtype, resolve_device
 from fmnist.pipeline.training import (
     checkpoint_metadata,
-    train_metrics,
+    timing_record,
     train_model,
     write_history,
     write_steps,
@@ -62,6 +62,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
 
     writes = shard is None or shard.rank == 0  # only rank 0 shows progress and writes
+    curves, steps = CURVES_DIR / f"{name}.csv", STEPS_DIR / f"{name}.csv"
+
+    def write_curves(history: list[dict[str, float]], points: list[dict[str, float]]) -> None:
+        # After every epoch, so that charts follow the run; the last call writes the final files.
+        write_history(history, curves)
+        write_steps(points, model_params.label, steps)
+        live.step_completed(len(history) - 1)
+
     result = train_model(
         model_params,
         train,
@@ -74,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         loss_every=params.curves.loss_every,
         progress=epoch_bars(name, model_params.epochs) if writes else None,
         shard=shard,
+        on_epoch=write_curves if writes else None,
     )
     if shard is not None:
         distributed.leave()
@@ -93,11 +102,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     meta = checkpoint_metadata(
         model_params, result, classes, params.runtime.seed, params.eval.batch_size, compute_dtype
     )
-    save_checkpoint(result.model, weights_path(name), meta)
-    write_history(result.history, CURVES_DIR / f"{name}.csv")
-    write_steps(result.steps, model_params.label, STEPS_DIR / f"{name}.csv")
-    # Timing lives in its own file so that the weights and curves stay byte-identical per run.
-    write_json(TRAIN_METRICS_DIR / f"{name}.json", train_metrics(model_params, result, len(train)))
+    save_checkpoint(result.model, weights_path(name), meta)  # the curves are already written
+    live.training_ended()
+    # Timing goes to no DVC output (those stay byte-identical from run to run), only to a log.
+    images = model_params.epochs * len(train)
+    write_json(TIMINGS_DIR / f"{name}.json", timing_record(result, images))
     log.info("%s trained in %.1f s; wrote %s", name, result.seconds, weights_path(name))
 
 

@@ -125,9 +125,10 @@ def load_stage(name: str) -> ModuleType:
 
 
 def copy_project(dest: Path) -> None:
-    """Copy what `dvc repro` needs (dvc.yaml, plot templates, stages, library) into `dest`."""
+    """Copy what `dvc repro` needs (dvc.yaml, .gitignore, plot templates, stages, library)."""
     # After `dvc init`, which refuses a folder that already has a .dvc.
     shutil.copy(ROOT / "dvc.yaml", dest / "dvc.yaml")
+    shutil.copy(ROOT / ".gitignore", dest / ".gitignore")  # timings/ and data/ stay out of git
     shutil.copytree(ROOT / ".dvc" / "plots", dest / ".dvc" / "plots")
     shutil.copytree(ROOT / "stages", dest / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(

@@ -48,31 +48,33 @@ def test_params_diff_reports_only_the_changed_key(repo):
     assert (change["old"], change["new"]) == (0.1, 0.05)
 
 
-def model_of(path: str) -> str:
-    """The model a metrics file belongs to: metrics/<kind>/<model>.json."""
-    return Path(path).stem
+def model_of(key: str) -> str:
+    """The model a metric belongs to: `model_0.accuracy` -> `model_0`."""
+    return key.split(".")[0]
 
 
-def test_metrics_diff_reports_only_that_model(repo):
+def test_metrics_diff_reports_only_that_models_test_metrics(repo):
     diff = json.loads(dvc("metrics", "diff", "main", "--json", cwd=repo))
-    assert {model_of(path) for path in diff} == {"model_0"}
-    changes = diff["metrics/models/model_0.json"]
-    assert "model_0.loss" in changes
+    assert list(diff) == ["metrics.json"]
+    changes = diff["metrics.json"]
+    assert sorted(changes) == ["model_0.accuracy", "model_0.loss"]  # no timing, no run fact
     assert changes["model_0.loss"]["old"] != changes["model_0.loss"]["new"]
-    for path, file_changes in diff.items():
-        main = json.loads(git("show", f"main:{path}", cwd=repo))["model_0"]
-        branch = json.loads((repo / path).read_text())["model_0"]
-        for key, change in file_changes.items():
-            name = key.removeprefix("model_0.")
-            assert (change["old"], change["new"]) == (main[name], branch[name])
+    main = json.loads(git("show", "main:metrics.json", cwd=repo))["model_0"]
+    branch = json.loads((repo / "metrics.json").read_text())["model_0"]
+    for key, change in changes.items():
+        name = key.removeprefix("model_0.")
+        assert (change["old"], change["new"]) == (main[name], branch[name])
+    # As a user reads it: a header and one row per changed metric.
+    table = dvc("metrics", "diff", "main", cwd=repo).strip().splitlines()
+    assert len(table) == 3 and all(line.startswith("metrics.json") for line in table[1:])
 
 
 def test_all_metrics_diff_compares_every_model(repo):
     # --all also lists what did not change: the other models are there, with zero change.
     diff = json.loads(dvc("metrics", "diff", "main", "--all", "--json", cwd=repo))
-    assert {model_of(path) for path in diff} == set(MODELS)
+    assert {model_of(key) for key in diff["metrics.json"]} == set(MODELS)
     for model in ("model_1", "model_2"):
-        loss = diff[f"metrics/models/{model}.json"][f"{model}.loss"]
+        loss = diff["metrics.json"][f"{model}.loss"]
         assert loss["old"] == loss["new"]
 
 
@@ -101,8 +103,8 @@ def test_report_has_both_diffs_as_markdown_and_the_charts(repo):
     rows = [line.split("|")[1:-1] for line in metrics.splitlines() if line.startswith("| ")]
     cells = [[cell.strip() for cell in row] for row in rows]
     assert cells[0][:2] == ["Path", "Metric"]
-    assert {model_of(row[0]) for row in cells[1:]} == {"model_0"}
-    assert ["metrics/models/model_0.json", "model_0.loss"] in [row[:2] for row in cells[1:]]
+    assert {model_of(row[1]) for row in cells[1:]} == {"model_0"}
+    assert ["metrics.json", "model_0.loss"] in [row[:2] for row in cells[1:]]
     rows = [line.split("|")[1:-1] for line in params.splitlines() if line.startswith("| ")]
     cells = [[cell.strip() for cell in row] for row in rows]
     assert cells[1:] == [["params.yaml", "models.model_0.lr", "0.1", "0.05"]]
@@ -121,8 +123,8 @@ def test_report_has_both_diffs_as_markdown_and_the_charts(repo):
 
 
 def test_the_gate_fails_a_drop_past_the_threshold_naming_the_model_and_the_drop(repo):
-    main = json.loads(git("show", "main:metrics/models/model_0.json", cwd=repo))["model_0"]
-    branch = json.loads((repo / "metrics/models/model_0.json").read_text())["model_0"]
+    main = json.loads(git("show", "main:metrics.json", cwd=repo))["model_0"]
+    branch = json.loads((repo / "metrics.json").read_text())["model_0"]
     drop = 100 * (main["accuracy"] - branch["accuracy"])
     assert drop > 1.0  # the tiny branch's lower learning rate costs model_0 accuracy
 

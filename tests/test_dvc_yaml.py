@@ -96,8 +96,7 @@ def test_outputs_match_the_library_paths():
     key = "${key}"
     assert str(paths.RAW_DIR) in outs and str(paths.PREPARED_DIR) in outs
     assert str(paths.weights_path(key)) in outs
-    for folder in (paths.MODEL_METRICS_DIR, paths.TRAIN_METRICS_DIR):
-        assert f"{folder}/{key}.json" in outs
+    assert f"{paths.SCORES_DIR}/{key}.json" in outs and str(paths.METRICS_FILE) in outs
     for folder in (paths.CURVES_DIR, paths.STEPS_DIR, paths.CONFUSION_DIR, paths.PER_CLASS_DIR):
         assert f"{folder}/{key}.csv" in outs
     assert f"{paths.PREDICTIONS_DIR}/{key}.csv" in outs

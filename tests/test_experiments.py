@@ -1,13 +1,18 @@
-"""`dvc exp run -S` on tiny data: one model's stages re-run and the experiment's metrics differ."""
+"""`dvc exp run -S` on tiny data: one model's stages re-run and the experiment's metrics differ;
+after a sweep, the experiments table (`make experiments`) fits a terminal."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
+import shlex
 from pathlib import Path
 
 import pytest
 
-from .workflow_repo import MODELS, committed_repo, copy_repo, dvc, git, ran_stages
+from .conftest import ROOT
+from .workflow_repo import BIN, MODELS, committed_repo, copy_repo, dvc, git, ran_stages
 
 EXPERIMENT = "wider-tinyvgg"
 KEY = "models.model_2.hidden_units"
@@ -56,14 +61,14 @@ def test_exp_show_lists_the_experiment_under_its_baseline(shown):
 def test_the_experiments_metrics_differ_from_the_baseline_for_model_2_only(shown, repo):
     _, base = shown["main"]
     _, exp = shown[EXPERIMENT]
-    tinyvgg = "metrics/models/model_2.json"
-    assert exp[tinyvgg]["model_2"]["parameters"] > base[tinyvgg]["model_2"]["parameters"]
-    assert exp[tinyvgg]["model_2"]["loss"] != base[tinyvgg]["model_2"]["loss"]
-    for path in ("metrics/models/model_0.json", "metrics/models/model_1.json"):
-        assert exp[path] == base[path]
+    assert list(exp) == list(base) == ["metrics.json"]
+    base, exp = base["metrics.json"], exp["metrics.json"]
+    assert exp["model_2"]["loss"] != base["model_2"]["loss"]
+    for model in ("model_0", "model_1"):
+        assert exp[model] == base[model]
     # The run's results are applied to the workspace, and the committed baseline is untouched.
-    assert json.loads((repo / tinyvgg).read_text()) == exp[tinyvgg]
-    assert json.loads(git("show", f"HEAD:{tinyvgg}", cwd=repo)) == base[tinyvgg]
+    assert json.loads((repo / "metrics.json").read_text()) == exp
+    assert json.loads(git("show", "HEAD:metrics.json", cwd=repo)) == base
 
 
 def test_exp_show_names_metric_columns_by_model_and_metric_alone(shown, repo):
@@ -73,10 +78,8 @@ def test_exp_show_names_metric_columns_by_model_and_metric_alone(shown, repo):
         f"{model}.{key}" for data in metrics.values() for model, m in data.items() for key in m
     ]
     assert len(names) == len(set(names))
-    expected = {
-        f"{m}.{key}" for m in MODELS for key in ("accuracy", "loss", "parameters", "train_seconds")
-    }
-    assert expected <= set(names)
+    expected = {f"{m}.{key}" for m in MODELS for key in ("accuracy", "loss")}
+    assert set(names) == expected  # test metrics only: no timing, no run fact
     header = dvc("exp", "show", "--csv", cwd=repo).splitlines()[0].split(",")
     assert expected <= set(header)
     assert not [column for column in header if ".json:" in column]
@@ -90,5 +93,45 @@ def test_a_second_identical_experiment_is_restored_from_the_run_cache(shown, rep
         assert ran_stages(output) == []
         for stage in ("train@model_2", "evaluate@model_2", "compare"):
             assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in output
-        tinyvgg = "metrics/models/model_2.json"
-        assert json.loads((repo / tinyvgg).read_text()) == shown[name][1][tinyvgg]
+        assert json.loads((repo / "metrics.json").read_text()) == shown[name][1]["metrics.json"]
+
+
+SWEEP = {"models.model_2.lr": (0.05, 0.2), "models.model_2.hidden_units": (4, 6)}
+
+
+def experiments_command() -> list[str]:
+    """`make experiments`'s command, as the Makefile writes it, with this venv's DVC."""
+    makefile = (ROOT / "Makefile").read_text()
+    drop = re.search(r"^EXP_SHOW_DROP := (.*)$", makefile, re.M).group(1)
+    recipe = makefile.split("\nexperiments:")[1].splitlines()[1].strip()
+    recipe = recipe.replace("$(EXP_SHOW_DROP)", drop).replace("$(EXP_FLAGS)", "")
+    return [str(BIN / "dvc"), *shlex.split(recipe)[1:]]
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, tiny_data) -> Path:
+    """A copy of the committed run after 4 experiments that change two params of model_2."""
+    root = copy_repo(
+        committed_repo(tmp_path_factory, tiny_data), tmp_path_factory.mktemp("sw") / "r"
+    )
+    for values in itertools.product(*SWEEP.values()):
+        settings = [f"{key}={value}" for key, value in zip(SWEEP, values, strict=True)]
+        dvc("exp", "run", *itertools.chain.from_iterable(("-S", s) for s in settings), cwd=root)
+    return root
+
+
+def test_the_experiments_table_after_a_sweep_fits_160_columns(swept):
+    # Its natural width: a terminal far wider than the table, so that nothing is cut.
+    table = dvc(*experiments_command()[1:], cwd=swept, env={"COLUMNS": "1000"}).splitlines()
+    assert table and max(len(line) for line in table) <= 160, "\n".join(table)
+    header = next(line for line in table if "Experiment" in line).split()
+    # Each experiment's changed params and the accuracy of the model they change; nothing else
+    # that changes on every run, and no column named by a file's path.
+    assert {"models.model_2.lr", "models.model_2.hidden_units", "model_2.accuracy"} <= set(header)
+    assert not [column for column in header if "/" in column or ".json" in column]
+    rows = [line for line in table if re.search(r"\[[a-z]+-[a-z]+\]", line)]
+    assert len(rows) == 4
+    for row in rows:
+        cells = row.split("]", 1)[1].split()  # after the name, one value per column, none empty
+        assert len(cells) == len(header) - 1, row
+        assert 0 <= float(cells[header.index("model_2.accuracy") - 1]) <= 1

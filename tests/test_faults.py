@@ -18,6 +18,7 @@ import pytest
 
 from fmnist.pipeline.atomic import remove_stale_temps, write_text
 from fmnist.pipeline.download import CHUNK
+from fmnist.pipeline.training import HISTORY_FIELDS, STEP_FIELDS
 
 from . import faulty_http
 from .conftest import ROOT, tiny_params, write_params
@@ -192,13 +193,23 @@ def project(tmp_path, prepared_tiny) -> Path:
 
 
 def outputs(project: Path) -> dict[str, bytes]:
-    """Every file the train stage could write, with its bytes (temporary files aside)."""
+    """The weights, sidecars and timings the train stage writes, with their bytes."""
+    # Not the curves: they are rewritten after every epoch (whole_curves checks them).
     found = {}
-    for folder in ("models", "metrics", "plots/train", "plots/steps"):
+    for folder in ("models", "timings"):
         for path in sorted((project / folder).rglob("*")):
             if path.is_file() and path not in temp_files(project):
                 found[str(path.relative_to(project))] = path.read_bytes()
     return found
+
+
+def whole_curves(project: Path) -> None:
+    """Fail unless every curve file the stage left holds whole rows under its header."""
+    for folder, header in (("plots/train", HISTORY_FIELDS), ("plots/steps", STEP_FIELDS)):
+        for path in (project / folder).glob("*.csv"):
+            rows = path.read_text().splitlines()
+            assert rows[0] == ",".join(header), path
+            assert all(len(row.split(",")) == len(header) for row in rows[1:]), path
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=lambda s: s.name)
@@ -217,7 +228,11 @@ def test_train_stage_killed_while_training_writes_nothing(project, tiny_data, si
         time.sleep(0.5)
         assert killed_by(kill(proc, sig), sig)
     assert outputs(project) == before
-    assert temp_files(project) == []
+    whole_curves(project)
+    left = temp_files(project)
+    if sig == signal.SIGKILL:  # a kill mid-way through rewriting a curve leaves its temporary
+        left = [path for path in left if not path.name.startswith(".model_2.csv.")]
+    assert left == []
 
 
 # In the child, torch.save (which save_checkpoint calls with the temporary file open) writes the
@@ -257,7 +272,8 @@ def test_train_stage_killed_while_saving_leaves_no_truncated_weights(project, si
     assert tmp.name.startswith(".model_0.pth.") and tmp.stat().st_size > 0
     assert killed_by(kill(proc, sig), sig)
     proc.stdout.close()
-    assert outputs(project) == before  # no model_0.pth, sidecar, curves or timing
+    assert outputs(project) == before  # no model_0.pth, sidecar or timing
+    whole_curves(project)
     if sig == signal.SIGKILL:
         assert temp_files(project) == [tmp]
         write_text(models / "model_0.pth", "the next save of the same file")

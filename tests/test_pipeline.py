@@ -37,6 +37,7 @@ def test_repro_runs_every_stage_and_writes_every_output(repo):
         "plots/comparison/epochs.csv",
         "plots/comparison/steps.csv",
         "plots/comparison/accuracy.png",
+        "metrics.json",
     ]
     for m in MODELS:
         outputs += [
@@ -44,8 +45,8 @@ def test_repro_runs_every_stage_and_writes_every_output(repo):
             f"models/{m}.json",
             f"plots/train/{m}.csv",
             f"plots/steps/{m}.csv",
-            f"metrics/train/{m}.json",
-            f"metrics/models/{m}.json",
+            f"timings/{m}.json",
+            f"data/scores/{m}.json",
             f"plots/per_class/{m}.csv",
             f"plots/confusion/{m}.csv",
             f"data/predictions/{m}.csv",
@@ -55,12 +56,13 @@ def test_repro_runs_every_stage_and_writes_every_output(repo):
     missing = [path for path in outputs if not (repo / path).is_file()]
     assert missing == []
 
-    metrics = json.loads((repo / "metrics/models/model_2.json").read_text())
-    assert list(metrics) == ["model_2"]  # nested, so that DVC names columns `model_2.loss`
-    assert metrics["model_2"]["device"] == "cpu"
-    assert set(metrics["model_2"]) == {
-        "arch", "loss", "accuracy", "parameters", "device", "compute_dtype"
-    }  # fmt: skip
+    metrics = json.loads((repo / "metrics.json").read_text())
+    # Nested, so that DVC names columns `model_2.loss`; test scores only, no run facts.
+    assert metrics == {
+        m: {"accuracy": metrics[m]["accuracy"], "loss": metrics[m]["loss"]} for m in MODELS
+    }
+    scores = json.loads((repo / "data/scores/model_2.json").read_text())
+    assert scores["device"] == "cpu" and scores["accuracy"] == metrics["model_2"]["accuracy"]
     curves = (repo / "plots/train/model_0.csv").read_text().splitlines()
     assert curves[0] == "epoch,train_loss,train_accuracy,test_loss,test_accuracy"
     assert len(curves) == 3  # header + 2 epochs
@@ -75,22 +77,23 @@ def test_every_stage_saved_its_run_cache_and_only_metrics_and_plots_are_in_git(r
     stages = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     entries = list((repo / ".dvc" / "cache" / "runs").glob("*/*"))
     assert len(stages) == 9 and len(entries) == len(stages)
-    tracked = set(git("ls-files", "models", "metrics", "plots", "data", cwd=repo).split())
+    tracked = set(git("ls-files", "models", "metrics.json", "plots", "data", cwd=repo).split())
     assert "models/model_0.json" not in tracked and "models/model_0.pth" not in tracked
-    assert {"metrics/models/model_0.json", "plots/confusion/model_0.csv"} <= tracked
+    assert "data/scores/model_0.json" not in tracked
+    assert {"metrics.json", "plots/confusion/model_0.csv"} <= tracked
 
 
 def test_tiny_data_is_learnable(repo):
     # The tiny classes are easy: a working pipeline beats chance by far.
-    metrics = json.loads((repo / "metrics/models/model_0.json").read_text())
+    metrics = json.loads((repo / "metrics.json").read_text())
     assert metrics["model_0"]["accuracy"] > 0.5
 
 
 def test_metrics_and_plots_commands_see_everything(repo):
     shown = json.loads(dvc("metrics", "show", "--json", cwd=repo))
     files = next(iter(shown.values()))["data"]
-    for m in MODELS:
-        assert set(files[f"metrics/models/{m}.json"]["data"]) == {m}
+    assert list(files) == ["metrics.json"]
+    assert set(files["metrics.json"]["data"]) == set(MODELS)
 
     plots = json.loads(dvc("plots", "show", "--json", cwd=repo))
     assert not plots.get("errors")
@@ -150,10 +153,19 @@ def test_changing_one_learning_rate_reruns_exactly_its_stages(repo, tiny_data):
     assert sorted(ran) == ["compare", "evaluate@model_2", "train@model_2"]
 
 
-def test_a_retrain_that_reproduces_the_weights_reruns_only_compare(repo):
-    # Only training time changes; it lives in metrics/train, which compare alone reads.
+def test_a_retrain_that_reproduces_the_weights_changes_nothing_downstream(repo):
+    # Every output of train is byte-identical from run to run; the timing is in no output.
     before = (repo / "models/model_0.pth").read_bytes()
     assert ran_stages(dvc("repro", "-f", "-s", "train@model_0", cwd=repo)) == ["train@model_0"]
     assert (repo / "models/model_0.pth").read_bytes() == before
-    assert set(json.loads(dvc("status", "--json", cwd=repo))) == {"compare"}
-    assert ran_stages(dvc("repro", cwd=repo)) == ["compare"]
+    assert json.loads(dvc("status", "--json", cwd=repo)) == {}
+    assert json.loads((repo / "timings/model_0.json").read_text())["train_seconds"] > 0
+
+
+def test_metrics_show_has_no_empty_cell_and_fits_120_columns(repo):
+    table = dvc("metrics", "show", cwd=repo).rstrip("\n").splitlines()
+    assert len(table) == 2  # a header and one row: metrics.json
+    assert max(len(line) for line in table) <= 120
+    header, row = (line.split() for line in table)
+    assert len(row) == len(header) and "-" not in row
+    assert header[1:] == [f"{m}.{key}" for m in MODELS for key in ("accuracy", "loss")]

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from .conftest import make_split, tiny_params, write_params
+from .conftest import ROOT, make_split, tiny_params, write_params
 from .s3_store import REMOTE, URL, Server
 from .workflow_repo import BIN, MODELS, committed_repo, copy_repo, dvc, git, ran_stages, run
 
@@ -42,7 +42,7 @@ def weights_and_metrics(root: Path) -> dict[str, bytes]:
     """The bytes of every model's weights, sidecar and test metrics."""
     files = {}
     for m in MODELS:
-        for path in (f"models/{m}.pth", f"models/{m}.json", f"metrics/models/{m}.json"):
+        for path in (f"models/{m}.pth", f"models/{m}.json", f"data/scores/{m}.json"):
             files[path] = (root / path).read_bytes()
     return files
 
@@ -137,8 +137,8 @@ def test_a_checks_out_bs_branch_and_pulls_bs_results_without_training(
         assert weights_and_metrics(clone_a) == weights_and_metrics(branch_pushed)
         assert ran_stages(dvc("repro", cwd=clone_a)) == []
         diff = json.loads(dvc("metrics", "diff", "main", "--json", cwd=clone_a))
-        changed = {path for path, values in diff.items() if values}
-        assert changed and all("model_0" in path for path in changed)
+        changed = {key for values in diff.values() for key in values}
+        assert changed and all(key.startswith("model_0.") for key in changed)
     finally:
         git("checkout", "-q", "main", cwd=clone_a)
         dvc("checkout", "-q", cwd=clone_a)
@@ -162,16 +162,37 @@ def test_a_result_computed_in_one_clone_is_restored_in_another_from_the_run_cach
     assert ran_stages(output) == []
     for stage in ("train@model_1", "evaluate@model_1", "compare"):
         assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in output
-    produced = json.loads((root / "metrics/models/model_1.json").read_text())
-    assert produced != json.loads((clone_a / "metrics/models/model_1.json").read_text())
+    produced = json.loads((root / "metrics.json").read_text())["model_1"]
+    assert produced != json.loads((clone_a / "metrics.json").read_text())["model_1"]
 
 
-def test_a_registered_model_is_fetched_without_cloning(clone_a, server, tmp_path):
+def registry_commands() -> list[str]:
+    """The commands docs/sharing.md gives for fetching a registered model, one per line."""
+    text = (ROOT / "docs" / "sharing.md").read_text()
+    block = text.split("fetches that model without cloning:")[1].split("```bash\n")[1]
+    return [line.split("#")[0].strip() for line in block.split("```")[0].splitlines()]
+
+
+def test_a_registered_model_is_fetched_and_used_as_the_docs_say_in_an_empty_folder(
+    clone_a, server, tmp_path
+):
     # A version is a git tag that the model registry (GTO, installed with DVC) writes.
     run([str(BIN / "gto"), "register", "model_2", "--version", "v1.0.0"], clone_a)
-    out = tmp_path / "fetched"
-    out.mkdir()
-    dvc_with(server, "artifacts", "get", str(clone_a), "model_2", "-o", str(out), cwd=tmp_path)
-    dvc_with(server, "get", str(clone_a), "models/model_2.json", "-o", str(out), cwd=tmp_path)
-    assert (out / "model_2.pth").read_bytes() == (clone_a / "models/model_2.pth").read_bytes()
-    assert (out / "model_2.json").read_bytes() == (clone_a / "models/model_2.json").read_bytes()
+    images, _ = make_split(1, 7)
+    Image.fromarray(np.asarray(images[0])).save(tmp_path / "shoe.png")
+    commands = registry_commands()
+    assert [c.split()[:2] for c in commands] == [
+        ["dvc", "artifacts"],
+        ["dvc", "get"],
+        ["fmnist-predict", "--model"],
+    ]
+    for command in commands:
+        argv = command.replace("https://github.com/YOU/fmnist", str(clone_a)).split()
+        if argv[0] == "dvc":
+            dvc_with(server, *argv[1:], cwd=tmp_path)
+        else:
+            shown = run([str(BIN / "python"), "-m", "fmnist.tools.predict", *argv[1:]], tmp_path)
+    assert (tmp_path / "models/model_2.pth").read_bytes() == (
+        clone_a / "models/model_2.pth"
+    ).read_bytes()
+    assert "shoe.png" in shown and "%" in shown

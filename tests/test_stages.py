@@ -67,9 +67,10 @@ def test_train_evaluate_compare(prepared):
     load_stage("train").main(["--model", "model_0"])
     sidecar = json.loads((prepared / "models/model_0.json").read_text())
     assert sidecar["arch"] == "linear" and sidecar["hyperparameters"]["epochs"] == 2
-    assert "seconds" not in json.dumps(sidecar)  # timings live in metrics/train only
-    timing = json.loads((prepared / "metrics/train/model_0.json").read_text())
-    assert timing["model_0"]["train_seconds"] > 0
+    assert "seconds" not in json.dumps(sidecar)  # timings live in no DVC output
+    assert (sidecar["parameters"], sidecar["processes"], sidecar["threads"]) == (6370, 1, 1)
+    timing = json.loads((prepared / "timings/model_0.json").read_text())
+    assert timing["train_seconds"] > 0 and timing["samples_per_second"] > 0
     # The running training loss: 15 steps per epoch on the tiny data, a point every 5.
     steps = (prepared / "plots/steps/model_0.csv").read_text().splitlines()
     assert steps[0] == "model,step,epoch,loss"
@@ -79,10 +80,10 @@ def test_train_evaluate_compare(prepared):
 
     curves = (prepared / "plots/train/model_0.csv").read_text().splitlines()
     load_stage("evaluate").main(["--model", "model_0"])
-    (metrics,) = json.loads((prepared / "metrics/models/model_0.json").read_text()).values()
-    assert metrics["accuracy"] == pytest.approx(sidecar["final"]["test_accuracy"])
-    assert "train_seconds" not in metrics  # timing only in metrics/train
-    assert metrics["parameters"] == 784 * 8 + 8 + 8 * 10 + 10
+    scores = json.loads((prepared / "data/scores/model_0.json").read_text())
+    assert scores["accuracy"] == pytest.approx(sidecar["final"]["test_accuracy"])
+    assert "train_seconds" not in scores  # timing in no DVC output
+    assert scores["parameters"] == 784 * 8 + 8 + 8 * 10 + 10
     per_class = (prepared / "plots/per_class/model_0.csv").read_text().splitlines()
     assert per_class[0] == "class,precision,recall,support" and len(per_class) == 11
     # Every cell of the confusion matrix, in label order, each row's shares summing to 1.
@@ -97,8 +98,13 @@ def test_train_evaluate_compare(prepared):
     write_params(prepared / "params.yaml", params)
     load_stage("compare").main([])
     table = (prepared / "plots/comparison/models.csv").read_text().splitlines()
-    assert table[0] == "model,arch,loss,accuracy,train_seconds,parameters,device,compute_dtype"
+    assert table[0] == (
+        "model,arch,loss,accuracy,parameters,device,compute_dtype,processes,threads"
+    )
     assert table[1].startswith("model_0,linear,") and len(table) == 2
+    # The metrics file: the test scores alone, under the model's name.
+    metrics = json.loads((prepared / "metrics.json").read_text())
+    assert metrics == {"model_0": {"accuracy": scores["accuracy"], "loss": scores["loss"]}}
     epochs = (prepared / "plots/comparison/epochs.csv").read_text().splitlines()
     assert epochs[0] == "model,epoch,train_loss,train_accuracy,test_loss,test_accuracy"
     assert epochs[1:] == [f"model_0 (linear),{row}" for row in curves[1:]]
@@ -124,7 +130,7 @@ def test_evaluate_fails_loudly_when_the_weights_are_not_the_trained_ones(prepare
         load_stage("evaluate").main(["--model", "model_0"])
     assert exit_info.value.code == 1
     assert "does not hold the model that was trained" in capsys.readouterr().err
-    assert not (prepared / "metrics/models/model_0.json").exists()
+    assert not (prepared / "data/scores/model_0.json").exists()
 
 
 @pytest.mark.skipif("cuda" in available_devices(), reason="needs a machine without CUDA")
@@ -159,7 +165,7 @@ def test_evaluate_refuses_weights_of_another_configuration(prepared, tiny_data, 
         load_stage("evaluate").main(["--model", "model_0"])
     assert exit_info.value.code == 1
     assert "models.model_0.hidden_units=16" in capsys.readouterr().err
-    assert not (prepared / "metrics/models").exists()
+    assert not (prepared / "data/scores").exists()
 
 
 def test_ctrl_c_ends_a_stage_with_one_line_and_status_130(capsys):
@@ -193,15 +199,15 @@ def test_compare_reads_everything_before_writing_anything(prepared, capsys):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("{not json", "metrics/models/model_0.json: not valid JSON"),
-        ('{"model_9": {}}', "metrics/models/model_0.json: holds no record of model_0"),
+        ("{not json", "data/scores/model_0.json: not valid JSON"),
+        ('{"loss": 1.0}', "data/scores/model_0.json: holds no arch of model_0"),
     ],
 )
-def test_compare_names_a_damaged_metrics_file(prepared, capsys, content, message):
+def test_compare_names_a_damaged_scores_file(prepared, capsys, content, message):
     for model in ("model_0", "model_1", "model_2"):
         load_stage("train").main(["--model", model])
         load_stage("evaluate").main(["--model", model])
-    (prepared / "metrics/models/model_0.json").write_text(content)
+    (prepared / "data/scores/model_0.json").write_text(content)
     capsys.readouterr()
     with pytest.raises(SystemExit):
         load_stage("compare").main([])

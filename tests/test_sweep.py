@@ -4,6 +4,8 @@ reproduces one-at-a-time results, and reports a failed experiment without stoppi
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import shutil
@@ -19,7 +21,7 @@ from fmnist.tools import sweep
 from fmnist.tools.sweep import Experiment, dvc_failed, format_table, run_threads, sweep_keys, table
 
 from .conftest import load_stage, write_params
-from .workflow_repo import BIN, committed_repo, copy_repo, dvc
+from .workflow_repo import BIN, committed_repo, copy_repo, dvc, git
 
 GRID = ["models.model_2.lr=0.05,0.2", "models.model_2.hidden_units=4,6"]
 # lr 1e6 makes model_0 diverge at once; 0.05 and 0.2 are fine.
@@ -95,7 +97,8 @@ def one_at_a_time(root: Path, dest: Path, lr: float, hidden: int, threads: int) 
         load_stage("evaluate").main(["--model", "model_2"])
     finally:
         os.chdir(cwd)
-    return json.loads((dest / "metrics" / "models" / "model_2.json").read_text())
+    scores = json.loads((dest / "data" / "scores" / "model_2.json").read_text())
+    return {key: scores[key] for key in ("accuracy", "loss")}
 
 
 def test_a_grid_with_two_workers_succeeds_and_is_listed_once(swept):
@@ -125,8 +128,10 @@ def test_each_worker_got_its_share_of_the_cores_as_a_param(swept):
     for (rev,) in shown(root).values():
         params = rev["data"]["params"]["params.yaml"]["data"]
         assert params["runtime"]["threads"] == expected  # in what DVC hashes, not only the env
-        timing = rev["data"]["metrics"]["metrics/train/model_2.json"]["data"]["model_2"]
-        assert timing["threads"] == expected
+        # The experiment's commit holds compare's table, which records each model's threads.
+        table = git("show", f"{rev['rev']}:plots/comparison/models.csv", cwd=root)
+        rows = {row["model"]: row for row in csv.DictReader(io.StringIO(table))}
+        assert int(rows["model_2"]["threads"]) == expected
 
 
 def test_the_parallel_results_equal_one_at_a_time_runs(swept, tmp_path):
@@ -138,7 +143,7 @@ def test_the_parallel_results_equal_one_at_a_time_runs(swept, tmp_path):
         alone = one_at_a_time(
             root, tmp_path / name, model_2["lr"], model_2["hidden_units"], threads
         )
-        assert data["metrics"]["metrics/models/model_2.json"]["data"] == alone
+        assert data["metrics"]["metrics.json"]["data"]["model_2"] == alone
 
 
 def test_a_diverging_experiment_is_reported_and_the_others_complete(
@@ -156,7 +161,7 @@ def test_a_diverging_experiment_is_reported_and_the_others_complete(
     # The reason, from the experiment's own log, next to its name.
     assert f"{name} failed: error: model_0: training loss became nan" in result.stdout
     for other in good:
-        metrics = rows[other][0]["data"]["metrics"]["metrics/models/model_0.json"]["data"]
+        metrics = rows[other][0]["data"]["metrics"]["metrics.json"]["data"]
         assert 0 <= metrics["model_0"]["accuracy"] <= 1
     assert workers(root) == []
 

@@ -110,7 +110,7 @@ def test_a_diverging_model_names_model_epoch_and_lr_and_writes_nothing(prepared,
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: model_0: training loss became ")
     assert "in epoch 1 with lr 1e+30" in err and "Lower models.model_0.lr" in err
-    for folder in ("models", "metrics/train", "plots/train", "plots/steps"):
+    for folder in ("models", "timings", "plots/train", "plots/steps"):
         assert not (prepared / folder).exists()
 
 
@@ -122,7 +122,7 @@ def test_bf16_models_are_evaluated_in_the_compute_dtype_they_were_trained_in(pre
     assert sidecar["hyperparameters"]["compute_dtype"] == "bf16"
     # evaluate re-scores the reloaded weights and fails unless they match training's record.
     load_stage("evaluate").main(["--model", "model_2"])
-    metrics = json.loads((prepared / "metrics/models/model_2.json").read_text())["model_2"]
+    metrics = json.loads((prepared / "data/scores/model_2.json").read_text())
     assert metrics["accuracy"] == pytest.approx(sidecar["final"]["test_accuracy"], abs=2e-4)
 
 

@@ -16,44 +16,65 @@ COLUMNS = (
     "arch",
     "loss",
     "accuracy",
-    "train_seconds",
     "parameters",
     "device",
     "compute_dtype",
+    "processes",
+    "threads",
 )
+# What `dvc metrics show/diff` compares, per model: the test scores alone. The run's facts
+# (arch, device, dtype, parameters, processes, threads) are in the table and the sidecar.
+METRICS = ("accuracy", "loss")
 
 
-def _model_record(path: Path, name: str, stage: str) -> dict:
-    """One model's record from a metrics file, which nests it under the model's name."""
-    record = read_json(path, f"missing; run `dvc repro {stage}`")
-    if not isinstance(record, dict) or not isinstance(record.get(name), dict):
-        raise PipelineError(f"{path}: holds no record of {name}; run `dvc repro -f {stage}`")
-    return record[name]
-
-
-def load_metrics(
-    metrics_dir: str | Path, train_dir: str | Path, names: Sequence[str]
-) -> pd.DataFrame:
-    """Join each named model's test metrics and training time into one table, in order."""
+def load_scores(scores_dir: str | Path, names: Sequence[str]) -> pd.DataFrame:
+    """Join each named model's test scores and run facts into one table, in order."""
     rows = []
     for name in names:
-        row = _model_record(Path(metrics_dir) / f"{name}.json", name, f"evaluate@{name}")
-        timing = _model_record(Path(train_dir) / f"{name}.json", name, f"train@{name}")
-        rows.append({**row, "model": name, "train_seconds": timing["train_seconds"]})
+        path = Path(scores_dir) / f"{name}.json"
+        record = read_json(path, f"missing; run `dvc repro evaluate@{name}`")
+        missing = [key for key in COLUMNS[1:] if not isinstance(record, dict) or key not in record]
+        if missing:
+            raise PipelineError(
+                f"{path}: holds no {missing[0]} of {name}; run `dvc repro -f evaluate@{name}`"
+            )
+        rows.append({**record, "model": name})
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    """Render the comparison as a GitHub Markdown table, accuracy in percent."""
+def metrics_summary(table: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """The metrics file: each model's test scores under its name (DVC: `model_2.accuracy`)."""
+    return {row["model"]: {key: float(row[key]) for key in METRICS} for _, row in table.iterrows()}
+
+
+def load_timings(timings_dir: str | Path, names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Each named model's last training time on this machine, where train left one."""
+    found = {}
+    for name in names:
+        path = Path(timings_dir) / f"{name}.json"
+        if path.is_file():
+            found[name] = read_json(path, "missing")
+    return found
+
+
+def to_markdown(table: pd.DataFrame, timings: dict[str, dict[str, float]] | None = None) -> str:
+    """Render the comparison as a GitHub Markdown table, accuracy in percent, with timings."""
+    timings = timings or {}
     lines = [
-        "| model | architecture | test loss | test accuracy | train (s) | parameters | device "
-        "| compute dtype |",
-        "|---|---|--:|--:|--:|--:|---|---|",
+        "| model | architecture | test loss | test accuracy | parameters | device "
+        "| compute dtype | processes | threads | train (s) | images/s |",
+        "|---|---|--:|--:|--:|---|---|--:|--:|--:|--:|",
     ]
     for row in table.itertuples(index=False):
+        timing = timings.get(row.model, {})
+        seconds = timing.get("train_seconds")
+        speed = timing.get("samples_per_second")
         lines.append(
             f"| {row.model} | {row.arch} | {row.loss:.4f} | {100 * row.accuracy:.2f}% | "
-            f"{row.train_seconds:.1f} | {row.parameters:,} | {row.device} | {row.compute_dtype} |"
+            f"{row.parameters:,} | {row.device} | {row.compute_dtype} | "
+            f"{row.processes} | {row.threads} | "
+            f"{'-' if seconds is None else f'{seconds:.1f}'} | "
+            f"{'-' if speed is None else f'{speed:,.0f}'} |"
         )
     return "\n".join(lines) + "\n"
 

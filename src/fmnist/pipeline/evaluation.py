@@ -72,26 +72,18 @@ def check_reproduces(name: str, scorecard: Scorecard, recorded: dict[str, float]
         )
 
 
-def metrics_record(
-    name: str,
-    meta: dict,
-    scorecard: Scorecard,
-    parameters: int,
-    device: torch.device,
-) -> dict[str, object]:
-    """The per-model metrics file: stable keys that `dvc metrics show/diff` compare."""
-    # No timing here: the same weights give the same bytes, so DVC sees no change after a
-    # re-run that reproduced them. Training time lives in metrics/train/<model>.json. Nested
-    # under the model's name, so that DVC names its columns `model_2.accuracy`, not by file.
+def scores_record(meta: dict, scorecard: Scorecard, device: torch.device) -> dict[str, object]:
+    """A model's test scores and the facts of its run, for compare's table and metrics file."""
+    # The same weights give the same bytes: no timing here (it lives in no DVC output).
     return {
-        name: {
-            "arch": meta["arch"],
-            "loss": round(scorecard.loss, 6),
-            "accuracy": round(scorecard.accuracy, 6),
-            "parameters": parameters,
-            "device": device.type,
-            "compute_dtype": meta["hyperparameters"]["compute_dtype"],
-        }
+        "loss": round(scorecard.loss, 6),
+        "accuracy": round(scorecard.accuracy, 6),
+        "arch": meta["arch"],
+        "parameters": meta["parameters"],
+        "device": device.type,
+        "compute_dtype": meta["hyperparameters"]["compute_dtype"],
+        "processes": meta["processes"],
+        "threads": meta["threads"],
     }
 
 

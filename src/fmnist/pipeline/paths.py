@@ -10,11 +10,14 @@ IDX_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 PREPARED_DIR = DATA_ROOT / "prepared"
+SCORES_DIR = DATA_ROOT / "scores"  # each model's test scores and run facts, from evaluate
 CLASSES_FILE = "classes.json"  # the class names, in label order, beside the prepared tensors
 MODELS_DIR = Path("models")
-METRICS_DIR = Path("metrics")
-MODEL_METRICS_DIR = METRICS_DIR / "models"
-TRAIN_METRICS_DIR = METRICS_DIR / "train"
+# Every model's test accuracy and loss, from compare: the one file `dvc metrics` reads.
+METRICS_FILE = Path("metrics.json")
+# Each model's last training time on this machine: no DVC output (it differs on every run) and
+# not in git, read by the report's table when present.
+TIMINGS_DIR = Path("timings")
 PREDICTIONS_DIR = DATA_ROOT / "predictions"  # each test image's class and prediction, by model
 PLOTS_DIR = Path("plots")
 CURVES_DIR = PLOTS_DIR / "train"  # per epoch

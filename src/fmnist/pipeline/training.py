@@ -24,7 +24,7 @@ from fmnist.pipeline.engine import (
     train_one_epoch,
 )
 from fmnist.pipeline.errors import PipelineError
-from fmnist.pipeline.models import build_model
+from fmnist.pipeline.models import build_model, count_parameters
 from fmnist.pipeline.params import ModelParams
 from fmnist.pipeline.runtime import cpu_threads, place_model, seed_everything
 
@@ -45,6 +45,10 @@ class TrainingResult:
     processes: int = 1
 
 
+# Called after each scored epoch with the per-epoch history and the running-loss points so far.
+EpochCallback = Callable[[list[dict[str, float]], list[dict[str, float]]], None]
+
+
 def train_model(
     model_params: ModelParams,
     train: Split,
@@ -58,12 +62,14 @@ def train_model(
     loss_every: int = 50,
     progress: Callable[[int, int], Progress] | None = None,
     shard: Shard | None = None,
+    on_epoch: EpochCallback | None = None,
 ) -> TrainingResult:
     """Train the model `model_params` describes with SGD, scoring the test set after each epoch."""
     # `progress(epoch, n_batches)` may return a bar that counts the epoch's batches. With
     # `shard`, this process is one rank of several (DDP): every rank draws the same global
     # batches and trains on its slice of each; rank 0 alone scores the test set.
-    # A NaN or infinite loss stops training with an error.
+    # A NaN or infinite loss stops training with an error. `on_epoch` sees the curves as they
+    # grow (the stage rewrites its plot files with them while training runs).
     name = model_params.name
     seed_everything(seed)
     model = place_model(build_model(model_params.arch, model_params.hidden_units), device)
@@ -98,6 +104,7 @@ def train_model(
                     bar.close()
             step_losses += fit["step_losses"]
             step_sizes += [len(index) for index in batches]
+            steps_per_epoch = len(step_losses) // epoch
             if not scores_here:
                 continue
             scores = score(model, x_test, y_test, eval_batch_size, compute_dtype)
@@ -110,8 +117,10 @@ def train_model(
                     "test_accuracy": scores["accuracy"],
                 }
             )
+            if on_epoch is not None:
+                points = running_loss(step_losses, step_sizes, loss_every, steps_per_epoch)
+                on_epoch(history, points)
     seconds = time.perf_counter() - start
-    steps_per_epoch = len(step_losses) // model_params.epochs
     return TrainingResult(
         model=model,
         history=history,
@@ -166,7 +175,11 @@ def checkpoint_metadata(
             "seed": seed,
             "compute_dtype": compute_dtype,
         },
+        # What the run was: the facts a reader compares runs by, beside the weights they made.
         "trained_on": result.device.type,
+        "parameters": count_parameters(result.model),
+        "processes": result.processes,
+        "threads": result.threads,
         "torch": torch.__version__,
         # What the last epoch scored on the test set: evaluation checks the reloaded weights
         # against it.
@@ -195,15 +208,11 @@ def write_steps(steps: list[dict[str, float]], label: str, path: str | Path) -> 
             handle.write(f"{label},{int(row['step'])},{row['epoch']:.4f},{row['loss']:.6f}\n")
 
 
-def train_metrics(
-    model_params: ModelParams, result: TrainingResult, n_train: int
-) -> dict[str, object]:
-    """Training's time and setup, nested under the model's name (DVC: `model_2.train_seconds`)."""
+def timing_record(result: TrainingResult, images: int) -> dict[str, float]:
+    """How long training took and its throughput: a record of this run, not of the model."""
+    # Kept out of every DVC output: it differs on every run, and an output that differs could
+    # not be restored from the run-cache where dvc.lock came from another run.
     return {
-        model_params.name: {
-            "processes": result.processes,
-            "threads": result.threads,
-            "train_seconds": round(result.seconds, 3),
-            "samples_per_second": round(model_params.epochs * n_train / result.seconds, 1),
-        }
+        "train_seconds": round(result.seconds, 3),
+        "samples_per_second": round(images / result.seconds, 1),
     }

@@ -19,7 +19,13 @@ from fmnist.pipeline.atomic import write_text
 from fmnist.pipeline.cli import command_parser, entry_point
 from fmnist.pipeline.errors import PipelineError
 from fmnist.pipeline.params import load_params
-from fmnist.pipeline.paths import COMPARISON_CSV, COMPARISON_DIR, IMAGES_DIR, MODEL_METRICS_DIR
+from fmnist.pipeline.paths import (
+    COMPARISON_CSV,
+    COMPARISON_DIR,
+    IMAGES_DIR,
+    METRICS_FILE,
+    TIMINGS_DIR,
+)
 from fmnist.tools.dvc_command import run_dvc
 
 ACCURACY = ".accuracy"  # a model's test accuracy in `dvc metrics diff`: `<model>.accuracy`
@@ -53,7 +59,7 @@ def accuracy_changes(diff: dict) -> list[AccuracyChange]:
     """Each model's test accuracy, from `dvc metrics diff --all --json` output, by model name."""
     changes = []
     for path, metrics in diff.items():
-        if Path(path).parent != MODEL_METRICS_DIR:
+        if Path(path) != METRICS_FILE:
             continue
         for key, change in metrics.items():
             if key.endswith(ACCURACY):
@@ -101,15 +107,16 @@ def failure_message(failed: Sequence[AccuracyChange], max_drop_pp: float) -> str
 
 
 def results_table() -> str:
-    """The comparison table of every model as Markdown, from compare's CSV."""
+    """The comparison table of every model as Markdown, from compare's CSV and train's timings."""
     if not COMPARISON_CSV.is_file():
         return "No comparison table."
     # Imported here: pandas is slow to import and only this part of the report needs it.
     import pandas as pd
 
-    from fmnist.pipeline.comparison import to_markdown
+    from fmnist.pipeline.comparison import load_timings, to_markdown
 
-    return to_markdown(pd.read_csv(COMPARISON_CSV)).strip()
+    table = pd.read_csv(COMPARISON_CSV)
+    return to_markdown(table, load_timings(TIMINGS_DIR, table["model"].tolist())).strip()
 
 
 def dvc_markdown(*args: str) -> str:

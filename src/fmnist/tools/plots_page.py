@@ -32,7 +32,7 @@ MISSING = "vl-convert-python is not installed: run `pip install -e '.[plots]'` t
 STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; }
 section { display: inline-block; vertical-align: top; margin: 0 2em 2em 0; }
-h2 { font-size: 1em; font-family: monospace; }
+h2 { font-size: 1em; }
 figure { display: inline-block; margin: 0 1em 1em 0; }
 figure img { max-width: 100%; }
 figcaption { text-align: center; font-family: monospace; }
@@ -98,6 +98,29 @@ def revisions(plots: dict[str, Any]) -> list[str]:
     return list(seen)
 
 
+# What each PNG the pipeline draws shows, by the end of its file name.
+IMAGE_TITLES = {
+    "_confusion": "{model}: confusion matrix",
+    "_predictions": "{model}: predictions on random test images",
+    "samples": "Random training images",
+    "accuracy": "Test accuracy by model (as compare draws it)",
+}
+
+
+def section_title(name: str, entries: list[dict[str, Any]]) -> str:
+    """A plot's heading: its chart's own title, or what its image shows; never a file path."""
+    for entry in entries:
+        title = entry.get("content", {}).get("title") if entry["type"] == "vega" else None
+        title = title.get("text") if isinstance(title, dict) else title
+        if isinstance(title, str) and title:
+            return title
+    stem = Path(name).stem
+    for ending, title in IMAGE_TITLES.items():
+        if stem.endswith(ending):
+            return title.format(model=stem.removesuffix(ending))
+    return stem.replace("_", " ")
+
+
 def _section(name: str, entries: list[dict[str, Any]]) -> str:
     figures = []
     for entry in entries:
@@ -113,7 +136,8 @@ def _section(name: str, entries: list[dict[str, Any]]) -> str:
         else:
             raise PipelineError(f"{name}: unknown plot type {entry['type']!r}")
     anchor = re.sub(r"[^A-Za-z0-9_-]", "_", name)
-    return f'<section id="{anchor}"><h2>{html.escape(name)}</h2>{"".join(figures)}</section>'
+    title = html.escape(section_title(name, entries))
+    return f'<section id="{anchor}"><h2>{title}</h2>{"".join(figures)}</section>'
 
 
 def render_page(plots: dict[str, Any]) -> str:

@@ -33,7 +33,7 @@ from typing import Any
 from fmnist.pipeline.atomic import write_text
 from fmnist.pipeline.cli import command_parser, entry_point, positive_int_arg
 from fmnist.pipeline.errors import PipelineError
-from fmnist.pipeline.paths import MODEL_METRICS_DIR
+from fmnist.pipeline.paths import METRICS_FILE
 from fmnist.pipeline.processes import kill_all, tagged
 from fmnist.tools.dvc_command import run_dvc
 
@@ -276,11 +276,9 @@ def collect(names: Sequence[str], keys: Sequence[str], env: Mapping[str, str]) -
                     continue
                 data = rev["data"]
                 params = data.get("params", {}).get("params.yaml", {}).get("data", {})
-                metrics = {}
-                for path, entry in (data.get("metrics") or {}).items():
-                    if path.startswith(f"{MODEL_METRICS_DIR}/"):
-                        model = Path(path).stem  # each file nests its metrics under its model
-                        metrics[model] = entry.get("data", {}).get(model, {})
+                # One file holds every model's test metrics, each under the model's name.
+                entry = (data.get("metrics") or {}).get(str(METRICS_FILE), {})
+                metrics = dict(entry.get("data") or {})
                 if rev["name"] in found:
                     raise PipelineError(f"`dvc exp show` lists experiment {rev['name']} twice")
                 found[rev["name"]] = ({key: _dig(params, key) for key in keys}, metrics)
