@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fmnist.pipeline.paths import MODEL_METRICS_DIR
+from fmnist.pipeline.paths import METRICS_FILE
 from fmnist.pipeline.processes import Owned, kill_all, spawn, stop_group, tagged
 from fmnist.tools import sweep
 from fmnist.tools.sweep import TAG_ENV, split_override, with_threads
@@ -138,8 +138,7 @@ def test_one_and_two_threads_are_two_runs_for_dvc(repo):
     second = dvc("exp", "run", "-S", "runtime.threads=2", cwd=repo)
     for output in (first, second):
         assert "train@model_2" in ran_stages(output)  # trained, not restored from the other
-    timing = json.loads((repo / "metrics" / "train" / "model_2.json").read_text())
-    assert timing["model_2"]["threads"] == 2
+    assert json.loads((repo / "models" / "model_2.json").read_text())["threads"] == 2
     again = dvc("exp", "run", "-S", "runtime.threads=1", cwd=repo)
     assert ran_stages(again) == []  # the same params: the 1-thread run, restored
     assert "Stage 'train@model_2' is cached" in again
@@ -195,7 +194,7 @@ def test_a_value_with_a_colon_reaches_the_table_and_the_csv(tmp_path, monkeypatc
         "name": "good-run",
         "data": {
             "params": {"params.yaml": {"data": {"runtime": {"device": "cpu", "threads": 1}}}},
-            "metrics": {f"{MODEL_METRICS_DIR}/model_2.json": metrics},
+            "metrics": {str(METRICS_FILE): metrics},
         },
     }
     fake_dvc(monkeypatch, [good])

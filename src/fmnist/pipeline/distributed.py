@@ -33,7 +33,7 @@ from fmnist.pipeline.runtime import resolve_device
 
 # A collective that waits longer than this for a peer raises instead of hanging forever (a
 # peer on another node that froze, say; one that dies is noticed within a second).
-# It must exceed the longest stretch between two collectives: rank 0's test pass each epoch.
+# It must exceed the longest stretch between two collectives: a slow rank's step or test pass.
 TIMEOUT_S = 600.0
 # Where the ranks of a stage-launched group find its file store; torchrun's ranks have none.
 STORE_ENV = "FMNIST_RANKS_STORE"

@@ -211,6 +211,16 @@ def score(
     labels: torch.Tensor,
     batch_size: int,
     compute_dtype: str = "fp32",
+    shard: Shard | None = None,
 ) -> dict[str, float]:
     """Score `model` on every sample; `batch_size` changes speed and memory, not the result."""
-    return score_logits(predict_logits(model, images, batch_size, compute_dtype), labels)
+    if shard is None:
+        return score_logits(predict_logits(model, images, batch_size, compute_dtype), labels)
+    # Each rank scores its contiguous slice, and one collective adds up the loss and the hits.
+    part = shard.split(torch.arange(len(labels), device=images.device))
+    logits = predict_logits(model, images.index_select(0, part), batch_size, compute_dtype)
+    truth = labels.index_select(0, part)
+    loss_sum = F.cross_entropy(logits, truth, reduction="sum").double()
+    correct = (logits.argmax(dim=1) == truth).sum().double()
+    loss_total, correct_total = shard.sum_(torch.stack([loss_sum, correct])).tolist()
+    return {"loss": loss_total / len(labels), "accuracy": correct_total / len(labels)}

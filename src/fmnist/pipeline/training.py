@@ -67,14 +67,13 @@ def train_model(
     """Train the model `model_params` describes with SGD, scoring the test set after each epoch."""
     # `progress(epoch, n_batches)` may return a bar that counts the epoch's batches. With
     # `shard`, this process is one rank of several (DDP): every rank draws the same global
-    # batches and trains on its slice of each; rank 0 alone scores the test set.
+    # batches and trains on its slice of each, and scores its slice of the test set.
     # A NaN or infinite loss stops training with an error. `on_epoch` sees the curves as they
     # grow (the stage rewrites its plot files with them while training runs).
     name = model_params.name
     seed_everything(seed)
     model = place_model(build_model(model_params.arch, model_params.hidden_units), device)
     trained = model if shard is None else distributed.wrap(model, device)
-    scores_here = shard is None or shard.rank == 0
     optimizer = SGD(model.parameters(), lr=model_params.lr)
     generator = torch.Generator().manual_seed(seed)
     history = []
@@ -105,9 +104,7 @@ def train_model(
             step_losses += fit["step_losses"]
             step_sizes += [len(index) for index in batches]
             steps_per_epoch = len(step_losses) // epoch
-            if not scores_here:
-                continue
-            scores = score(model, x_test, y_test, eval_batch_size, compute_dtype)
+            scores = score(model, x_test, y_test, eval_batch_size, compute_dtype, shard)
             history.append(
                 {
                     "epoch": epoch,
