@@ -94,6 +94,17 @@ def outputs(project: Path) -> dict[str, bytes]:
     }
 
 
+def assert_kept(project: Path, before: dict[str, bytes], model: str) -> None:
+    """The weights and sidecar are the earlier run's; the curves, rewritten after each epoch
+    while training runs, hold whole rows only; no temporary file is left."""
+    after = outputs(project)
+    assert {k: v for k, v in after.items() if not k.startswith("plots/")} == {
+        k: v for k, v in before.items() if not k.startswith("plots/")
+    }
+    assert curves(project, model)  # parses: every row complete
+    assert temp_files(project) == []
+
+
 def curves(project: Path, model: str) -> list[dict[str, float]]:
     with open(project / "plots" / "train" / f"{model}.csv") as handle:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
@@ -155,13 +166,7 @@ def test_killing_one_rank_fails_the_stage_stops_the_other_and_writes_nothing(pro
     stderr = log.read_text()
     assert "error: rank 1 of 2 was killed by SIGKILL" in stderr
     assert "Traceback" not in stderr  # rank 0's lost connection is one line too
-    # The weights survive; the curves, rewritten after each epoch, hold whole epochs only.
-    after = outputs(project)
-    assert {k: v for k, v in after.items() if not k.startswith("plots/")} == {
-        k: v for k, v in before.items() if not k.startswith("plots/")
-    }
-    assert curves(project, "model_2")  # parses: every row complete
-    assert temp_files(project) == []
+    assert_kept(project, before, "model_2")
 
 
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
@@ -200,8 +205,7 @@ def test_killing_the_stage_with_sigkill_stops_every_rank_and_writes_nothing(proj
         assert proc.wait(timeout=10) == -signal.SIGKILL
         _, alive = psutil.wait_procs(ranks, timeout=5)
         assert alive == []
-    assert outputs(project) == before
-    assert temp_files(project) == []
+    assert_kept(project, before, "model_2")
 
 
 def test_every_tensor_handed_to_a_collective_lives_on_the_training_device(monkeypatch):
@@ -338,6 +342,5 @@ def test_when_one_agent_is_killed_the_other_fails_soon_and_nothing_is_written(
     assert alive == []
     errors = [line for line in text.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "lost the other processes" in errors[0], text
-    assert outputs(project) == before
-    assert temp_files(project) == []
+    assert_kept(project, before, "model_0")
     print(f"the surviving agent exited {waited:.1f} s after the kill")

@@ -52,8 +52,9 @@ def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
 
 
 def die_with_launcher(sig: int = signal.SIGKILL) -> None:
-    """Have the kernel send `sig` to this process when its parent dies (for a child that a
-    launcher without a parent-death signal started, such as torchrun's agent)."""
+    """Have the kernel send `sig` to this process when its parent (torchrun's agent) dies."""
+    # For a child whose launcher gave it no parent-death signal; the one that `spawn` starts
+    # has it from before its first instruction.
     prctl = _prctl()
     if prctl is not None:
         prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
