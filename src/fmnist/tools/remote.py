@@ -259,11 +259,18 @@ def start_server(store: Store, bucket: str = BUCKET) -> subprocess.Popen:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a Ctrl-C in the terminal that started it does not stop it
         )
-    try:
+
+    def record() -> None:
         owned = Owned.of(process.pid)
         if owned is not None:
             owned.save(store.pid_file)
+
+    try:
+        record()
         wait_until_ready(store, lambda: _exit_status(process), bucket)
+        # Again now that it answers: read right after the fork, the command line can still be
+        # the one from before exec, and a record naming another program would later be "stale".
+        record()
     except BaseException:
         stop_server(process.pid)
         store.pid_file.unlink(missing_ok=True)
