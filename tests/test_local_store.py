@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fmnist.pipeline.processes import Owned, spawn, stop_group
+from fmnist.pipeline.processes import Owned, kill_all, spawn, stop_group
 from fmnist.tools import remote
 
 from .workflow_repo import dvc, git
@@ -38,6 +38,14 @@ def repo(tmp_path, monkeypatch) -> Iterator[Path]:
         server = remote.running_server(store) if store else None
         if server is not None:  # whatever the test did, the store stops
             server.stop()
+        # And any server of this folder that a failing test left unrecorded: its -dir names it.
+        kill_all(
+            o.pid
+            for o in (Owned.of(int(p.name)) for p in Path("/proc").iterdir() if p.name.isdigit())
+            if o is not None
+            and o.cmdline[:2] == (remote.weed_binary(), "server")
+            and any(str(tmp_path) in part for part in o.cmdline)
+        )
 
 
 @pytest.fixture
