@@ -84,7 +84,7 @@ class Shard:
 
     rank: int
     size: int
-    local_size: int = 0  # the processes on this machine, which share its cores (0: `size`)
+    local_size: int = 1  # the processes on this machine, which share its cores
 
     def split(self, batch: torch.Tensor) -> torch.Tensor:
         """Return this rank's slice of a batch: contiguous, sizes differing by at most one."""

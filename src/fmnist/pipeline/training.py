@@ -81,7 +81,7 @@ def train_model(
     step_sizes: list[int] = []
     lost = contextlib.nullcontext() if shard is None else distributed.peers_lost(shard)
     processes = 1 if shard is None else shard.size
-    here = 1 if shard is None else shard.local_size or shard.size
+    here = 1 if shard is None else shard.local_size
     with cpu_threads(threads, model, here) as used_threads, lost:
         start = time.perf_counter()
         x_train, y_train = to_model_input(train.images, device), train.labels.to(device)
