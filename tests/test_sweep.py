@@ -202,6 +202,7 @@ def fake_queue(monkeypatch, statuses: list[str]) -> list[tuple[str, ...]]:
 
     monkeypatch.setattr(sweep, "run_dvc", dvc)
     monkeypatch.setattr(sweep, "POLL_S", 0)
+    monkeypatch.setattr(sweep, "IDLE_S", 0)
     return calls
 
 
@@ -214,7 +215,7 @@ def status(*rows: tuple[str, str], workers: int) -> str:
 def test_workers_that_stop_with_experiments_queued_are_started_again(monkeypatch):
     stalled = status(("a", "Success"), ("b", "Queued"), workers=0)
     done = status(("a", "Success"), ("b", "Success"), workers=1)
-    calls = fake_queue(monkeypatch, [stalled] * sweep.IDLE_POLLS + [done])
+    calls = fake_queue(monkeypatch, [stalled, done])
     assert sweep.run_queue(["a", "b"], 2, {}, timeout_s=5) == {"a": "Success", "b": "Success"}
     assert calls.count(("queue", "start", "--jobs", "2")) == 2
 

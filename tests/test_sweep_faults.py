@@ -17,6 +17,7 @@ import pytest
 from fmnist.pipeline.paths import METRICS_FILE
 from fmnist.pipeline.processes import Owned, kill_all, spawn, stop_group, tagged
 from fmnist.tools import sweep
+from fmnist.tools.grid import combinations
 from fmnist.tools.sweep import TAG_ENV, split_override, with_threads
 
 from .test_faults import wait_for
@@ -158,32 +159,32 @@ def test_the_sweep_sets_the_thread_count_as_a_param_unless_it_sweeps_it():
     assert split_override("runtime.device=cuda:1") == ("runtime.device", "cuda:1")
 
 
+GOOD, BAD = (c.name for c in combinations(["runtime.device=cpu,cuda:1"]))
+
+
 def fake_dvc(monkeypatch, shown: list[dict]) -> None:
     """Make the sweep's DVC answer as after a grid of `runtime.device=cpu,cuda:1`."""
-    queued = (
-        "Queueing with overrides '{'params.yaml': ['runtime.device=cpu', 'runtime.threads=1']}'.\n"
-        "Queued experiment 'good-run' for future execution.\n"
-        "Queueing with overrides '{'params.yaml': ['runtime.device=cuda:1', "
-        "'runtime.threads=1']}'.\n"
-        "Queued experiment 'bad-run' for future execution.\n"
-    )
     status = (
-        "Task     Name        Created    Status\n"
-        "abc1234  good-run    04:27 AM   Success\n"
-        "abc1235  bad-run     04:27 AM   Failed\n\n"
+        "Task     Name              Created    Status\n"
+        f"abc1234  {GOOD}  04:27 AM   Success\n"
+        f"abc1235  {BAD}  04:27 AM   Failed\n\n"
         "Worker status: 0 active, 0 idle\n"
     )
+    started = []
 
     def dvc(*args: str, **options) -> str:
         if args[:3] == ("exp", "run", "--queue"):
-            return queued
+            return f"Queued experiment '{args[4]}' for future execution.\n"
+        if args[:2] == ("queue", "start"):
+            started.append(args)
         if args[:2] == ("queue", "status"):
-            return status
+            return status if started else "No experiment tasks in the queue.\n"
         if args[:2] == ("exp", "show"):
             return json.dumps([{"experiments": [{"revs": shown}]}] if shown else [])
         return ""
 
     monkeypatch.setattr(sweep, "run_dvc", dvc)
+    monkeypatch.setattr(sweep, "workspace_tree", lambda: "")
     monkeypatch.setattr(sweep, "queue_log", lambda name, env: "error: no such device cuda:1\n")
     monkeypatch.setattr(sweep, "POLL_S", 0)
 
@@ -191,7 +192,7 @@ def fake_dvc(monkeypatch, shown: list[dict]) -> None:
 def test_a_value_with_a_colon_reaches_the_table_and_the_csv(tmp_path, monkeypatch, capsys):
     metrics = {"data": {"model_2": {"accuracy": 0.5, "loss": 1.25}}}
     good = {
-        "name": "good-run",
+        "name": GOOD,
         "data": {
             "params": {"params.yaml": {"data": {"runtime": {"device": "cpu", "threads": 1}}}},
             "metrics": {str(METRICS_FILE): metrics},
@@ -200,16 +201,13 @@ def test_a_value_with_a_colon_reaches_the_table_and_the_csv(tmp_path, monkeypatc
     fake_dvc(monkeypatch, [good])
     monkeypatch.chdir(tmp_path)
     experiments = sweep.sweep(["runtime.device=cpu,cuda:1"], 1, 1, 5, tmp_path / "out")
-    assert [(e.name, e.status) for e in experiments] == [
-        ("good-run", "Success"),
-        ("bad-run", "Failed"),
-    ]
+    assert [(e.name, e.status) for e in experiments] == [(GOOD, "Success"), (BAD, "Failed")]
     out = capsys.readouterr().out
     assert "cuda:1" in out and "50.00%" in out
-    assert "bad-run failed: error: no such device cuda:1" in out
+    assert f"{BAD} failed: error: no such device cuda:1" in out
     csv = (tmp_path / "out" / "sweep.csv").read_text().splitlines()
     assert csv[0] == "experiment,state,runtime.device,runtime.threads,model_2 accuracy,model_2 loss"
-    assert csv[2] == "bad-run,Failed,cuda:1,1,-,-"
+    assert csv[2] == f"{BAD},Failed,cuda:1,1,-,-"
     assert (tmp_path / "out" / "sweep.png").is_file()
 
 

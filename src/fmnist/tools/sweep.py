@@ -13,7 +13,6 @@ error, it stops what it started: the queue's workers and every experiment they r
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import csv
 import io
@@ -33,17 +32,21 @@ from typing import Any
 from fmnist.pipeline.atomic import write_text
 from fmnist.pipeline.cli import command_parser, entry_point, positive_int_arg
 from fmnist.pipeline.errors import PipelineError
+from fmnist.pipeline.params import load_params
 from fmnist.pipeline.paths import METRICS_FILE
 from fmnist.pipeline.processes import kill_all, tagged
 from fmnist.tools.dvc_command import run_dvc
+from fmnist.tools.grid import clean_workspace, combinations, parse_shard, shard, workspace_tree
 
 DONE = ("Success", "Failed")
-# How often to ask DVC for the queue's state (each `dvc queue status` costs a second or two of
-# CPU that the experiments would use), and how many polls in a row (half a minute) may find
-# queued experiments with no worker before the workers are started again: a worker that is busy
-# starting up can miss `dvc queue status`'s ping, and must not be taken for a dead one.
+# How often to ask DVC for the queue's state: soon at first, for experiments that restore from
+# the run-cache in seconds, then every POLL_S (each `dvc queue status` costs a second or two of
+# CPU that the experiments would use). And how long queued experiments may find no worker before
+# the workers are started again: a worker that is busy starting up can miss `dvc queue
+# status`'s ping, and must not be taken for a dead one.
+FIRST_POLL_S = 2.0
 POLL_S = 10.0
-IDLE_POLLS = 3
+IDLE_S = 30.0
 # What a log says when DVC itself, not the experiment, failed: concurrent workers racing for
 # git's locks (dvc#8763), or a worker that died before logging anything. Such a run is retried.
 DVC_FAILURES = (
@@ -116,27 +119,16 @@ def with_threads(overrides: Sequence[str], threads: int) -> list[str]:
 def split_override(override: str) -> tuple[str, str]:
     """`[file:]key=value` as (key, value); the value may hold `:` and `=` (a URL, `cuda:1`)."""
     target, _, value = override.partition("=")
-    return target.rsplit(":", 1)[-1].strip(), value
+    # DVC's expansion of a grid escapes `:`, `,`, spaces and the like with a backslash.
+    return target.rsplit(":", 1)[-1].strip(), re.sub(r"\\(.)", r"\1", value)
 
 
-def queue(overrides: Sequence[str], env: Mapping[str, str]) -> dict[str, list[str]]:
-    """Queue one experiment per combination of the `-S` values; return each one's `-S` values."""
+def queue(overrides: Sequence[str], name: str, env: Mapping[str, str]) -> None:
+    """Queue one experiment named `name` with these `-S` values, one value each."""
     args = [arg for override in overrides for arg in ("-S", override)]
-    out = run_dvc("exp", "run", "--queue", *args, env=env)
-    queued, pending = {}, []
-    for line in out.splitlines():
-        if match := re.match(r"Queueing with overrides '(.*)'\.$", line):
-            files = ast.literal_eval(match[1])  # {'params.yaml': ['key=value', ...]}
-            pending = [
-                value if file == "params.yaml" else f"{file}:{value}"
-                for file, values in files.items()
-                for value in values
-            ]
-        elif match := re.match(r"Queued experiment '([^']+)'", line):
-            queued[match[1]] = pending
-    if not queued:
-        raise PipelineError(f"`dvc exp run --queue` queued nothing:\n{out}")
-    return queued
+    out = run_dvc("exp", "run", "--queue", "--name", name, *args, env=env)
+    if f"Queued experiment '{name}'" not in out:
+        raise PipelineError(f"`dvc exp run --queue --name {name}` queued nothing:\n{out}")
 
 
 def queue_status(env: Mapping[str, str]) -> tuple[dict[str, str], int]:
@@ -170,7 +162,7 @@ def run_queue(
     # call an experiment that twice more finds no worker to run it lost.
     run_dvc("queue", "start", "--jobs", str(jobs), env=env)
     deadline = time.monotonic() + timeout_s
-    idle = restarts = 0
+    restarts, idle_since, wait = 0, None, min(FIRST_POLL_S, POLL_S)
     while True:
         states, workers = queue_status(env)
         mine = {name: states.get(name, "Lost") for name in names}
@@ -179,19 +171,24 @@ def run_queue(
         if all(state in (*DONE, "Lost") for state in mine.values()):
             return mine
         running = any(state == "Running" for state in mine.values())
-        idle = idle + 1 if not running and workers == 0 else 0
-        if idle >= IDLE_POLLS and restarts == 2:
-            return {n: s if s in DONE else "Lost" for n, s in mine.items()}
-        if idle >= IDLE_POLLS:
+        now = time.monotonic()
+        if running or workers:
+            idle_since = None
+        elif idle_since is None:
+            idle_since = now
+        if idle_since is not None and now - idle_since >= IDLE_S:
+            if restarts == 2:
+                return {n: s if s in DONE else "Lost" for n, s in mine.items()}
             run_dvc("queue", "start", "--jobs", str(jobs), env=env)
-            idle, restarts = 0, restarts + 1
+            restarts, idle_since = restarts + 1, None
         if time.monotonic() > deadline:
             late = ", ".join(f"{n} ({s})" for n, s in mine.items() if s not in DONE)
             raise PipelineError(
                 f"the sweep did not end within {timeout_s:.0f} s (--timeout-s): {late} "
                 "unfinished, stopped"
             )
-        time.sleep(POLL_S)
+        time.sleep(wait)
+        wait = min(POLL_S, wait * 1.5)
 
 
 def stop_processes(tag: str) -> list[int]:
@@ -432,56 +429,217 @@ def report(experiments: Sequence[Experiment], keys: Sequence[str], out: Path | N
         print(f"wrote {csv_path} (no chart: no experiment has metrics)")
 
 
-def sweep(
-    overrides: Sequence[str], jobs: int, threads: int, timeout_s: float, out: Path | None
-) -> list[Experiment]:
-    """Queue, run and collect a grid; print its table; write the CSV and chart under `out`."""
-    env = worker_env(jobs, threads)
-    each = run_threads(jobs, threads) if threads or jobs > 1 else 0
-    overrides = with_threads(overrides, each)
-    queued = queue(overrides, env)
-    names = list(queued)
-    keys = sweep_keys(overrides)
-    print(f"queued {len(names)} experiments: {', '.join(names)}", flush=True)
-    if each:
-        print(
-            f"running them with {jobs} workers of {each} threads each ({THREADS_KEY})", flush=True
+def experiment_names(env: Mapping[str, str], git_remote: str | None = None) -> set[str]:
+    """Names of the experiments of the current commit: here, or on a git remote."""
+    out = run_dvc(
+        "exp",
+        "list",
+        *([git_remote] if git_remote else []),
+        "--name-only",
+        env=env,
+        attempts=STATUS_ATTEMPTS,
+        timeout_s=STATUS_TIMEOUT_S,
+    )
+    return {line.strip() for line in out.splitlines() if line.strip()}
+
+
+def forget(names: Sequence[str], env: Mapping[str, str]) -> None:
+    """Drop DVC's queue entries of these names, left by an earlier run that stopped or failed."""
+    # Only called with no worker of this repository alive: a `Running` entry is a dead run's.
+    bound = {"env": env, "check": False, "timeout_s": CLEANUP_TIMEOUT_S}
+    for _ in range(KILL_ROUNDS):  # one name may have several entries; each round drops one
+        states, _ = queue_status(env)
+        stale = [name for name in names if name in states]
+        if not stale:
+            return
+        running = [name for name in stale if states[name] == "Running"]
+        if running:
+            run_dvc("queue", "kill", "--force", *running, **bound)
+        run_dvc("queue", "remove", *stale, **bound)
+    states, _ = queue_status(env)
+    if left := [name for name in names if name in states]:
+        raise PipelineError(f"could not clear DVC's queue entries of {', '.join(left)}")
+
+
+def not_busy(env: Mapping[str, str]) -> None:
+    """Fail if a sweep of this repository still runs (its workers would race this one's)."""
+    if pids := tagged(TAG_ENV, env[TAG_ENV]):
+        raise PipelineError(
+            f"a sweep of this repository is running (processes {', '.join(map(str, pids))}): "
+            "wait for it to end, or stop it with `fmnist-sweep --stop`"
         )
-    else:
-        print(f"running them with 1 worker, {THREADS_KEY} as params.yaml sets it", flush=True)
+
+
+def has_dvc_remote(remote: str | None, env: Mapping[str, str]) -> bool:
+    """Whether there is a DVC remote to send outputs to: `remote`, or a default one."""
+    return bool(remote) or bool(run_dvc("remote", "default", env=env, check=False).strip())
+
+
+def share(
+    names: Sequence[str], git_remote: str, remote: str | None, env: Mapping[str, str]
+) -> None:
+    """Push experiments to a git remote, and their outputs and the run-cache to the DVC remote."""
+    if not names:
+        print(f"nothing new to push to {git_remote}")
+        return
+    outputs = has_dvc_remote(remote, env)
+    run_dvc(
+        "exp",
+        "push",
+        *(["-r", remote] if remote else []),
+        *([] if outputs else ["--no-cache"]),
+        git_remote,
+        *names,
+        env=env,
+        attempts=STATUS_ATTEMPTS,
+        timeout_s=STATUS_TIMEOUT_S,
+    )
+    print(f"pushed {len(names)} experiments to {git_remote}: {', '.join(names)}", flush=True)
+    if not outputs:
+        print("no DVC remote: only their commits (params, metrics, plots) were pushed")
+        return
+    # The run-cache, with what restoring each run needs, so that another machine that runs one
+    # of these combinations, or the same stage, restores it instead of training again.
+    from fmnist.tools.remote import push
+
+    push(remote)
+
+
+def sweep(
+    overrides: Sequence[str],
+    jobs: int,
+    threads: int,
+    timeout_s: float,
+    out: Path | None,
+    part: tuple[int, int] = (1, 1),
+    git_remote: str | None = None,
+    remote: str | None = None,
+) -> list[Experiment]:
+    """Run a grid (or shard `part` of it), print its table, write the CSV and chart under `out`.
+
+    A combination whose experiment exists under this commit (here, or on `git_remote`) is not
+    run again. With `git_remote`, the experiments are pushed there at the end.
+    """
+    env = worker_env(jobs, threads)
+    not_busy(env)
+    index, count = part
+    if count > 1 or git_remote:
+        clean_workspace()
+    combos = combinations(overrides, workspace_tree())
+    mine = shard(combos, index, count)
+    each = run_threads(jobs, threads) if threads or jobs > 1 else 0
+    extra = with_threads(overrides, each)[len(overrides) :]
+    keys = sweep_keys([*overrides, *extra])
+    queued = {c.name: [*c.overrides, *extra] for c in mine}
+    names = list(queued)
+    share_of = f"shard {index}/{count}, " if count > 1 else ""
+    print(f"{share_of}{len(names)} of the grid's {len(combos)} experiments: {', '.join(names)}")
+    here = experiment_names(env)
+    pushed = experiment_names(env, git_remote) & set(names) if git_remote else set()
+    if fetch := sorted(pushed - here):  # run and pushed by an earlier try of this shard
+        pull = ("exp", "pull", "--no-cache", git_remote, *fetch)
+        run_dvc(*pull, env=env, attempts=STATUS_ATTEMPTS, timeout_s=STATUS_TIMEOUT_S)
+        here |= set(fetch)
+    done = [name for name in names if name in here]
+    todo = [name for name in names if name not in here]
+    if done:
+        print(
+            f"already run under this commit, kept: {', '.join(done)} "
+            "(`dvc exp remove NAME` to run one again)",
+            flush=True,
+        )
+    states = dict.fromkeys(done, "Success")
+    seen = {**dict.fromkeys(todo, "Queued"), **states}
     start = time.perf_counter()
-    seen = dict.fromkeys(names, "Queued")
     try:
-        # Nothing but `dvc queue status` runs while the workers do: `dvc exp show` fails now and
-        # then when it runs meanwhile, and takes git locks that the workers need too (dvc#8763).
-        states = run_queue(names, jobs, env, timeout_s, seen)
-        logs = {name: queue_log(name, env) for name, state in states.items() if state == "Failed"}
-        retry = [name for name in names if name in logs and dvc_failed(logs[name])]
-        for name in retry:
-            requeued = queue(queued[name], env)
-            queued.update(requeued)
-            (again,) = requeued
-            print(f"{name} failed in DVC, not in the pipeline: queued it again as {again}")
-            names[names.index(name)] = again
-            seen[again] = "Queued"
-        if retry:
-            states.update(run_queue(names, jobs, env, timeout_s, seen))
+        if todo:
+            forget(todo, env)
+            for name in todo:
+                queue(queued[name], name, env)
+            print(f"queued {len(todo)}: {', '.join(todo)}", flush=True)
+            if each:
+                print(f"running them with {jobs} workers of {each} threads each ({THREADS_KEY})")
+            else:
+                print(f"running them with 1 worker, {THREADS_KEY} as params.yaml sets it")
+            # Nothing but `dvc queue status` runs while the workers do: `dvc exp show` fails now
+            # and then when it runs meanwhile, and takes git locks the workers need (dvc#8763).
+            states.update(run_queue(todo, jobs, env, timeout_s, seen))
+            logs = {n: queue_log(n, env) for n in todo if states[n] == "Failed"}
+            retry = [name for name in todo if name in logs and dvc_failed(logs[name])]
+            if retry:
+                forget(retry, env)
+                for name in retry:
+                    queue(queued[name], name, env)
+                    print(f"{name} failed in DVC, not in the pipeline: queued it again")
+                    seen[name] = "Queued"
+                states.update(run_queue(retry, jobs, env, timeout_s, seen))
     except BaseException:
         # Ctrl-C, SIGTERM, the time limit or an error: end every process the sweep started,
         # keep what finished, and report the rest as stopped.
         print("stopping the sweep's workers and experiments", file=sys.stderr, flush=True)
-        stopped = stop_sweep(names, env)
+        stopped = stop_sweep(todo, env)
         states = {n: seen[n] if seen.get(n) in DONE else "Stopped" for n in names}
         with contextlib.suppress(PipelineError):  # what finished, if DVC still answers
-            report(summarise(names, states, queued, keys, env), keys, out)
+            experiments = summarise(names, states, queued, keys, env)
+            report(experiments, keys, out)
+            if git_remote:  # a cancelled CI job keeps what it finished
+                finished = [e.name for e in experiments if e.metrics and e.name not in pushed]
+                share(finished, git_remote, remote, env)
         print(f"stopped {len(stopped)} experiments: {', '.join(stopped) or 'none'}", flush=True)
         raise
-    survivors = stop_workers(env)
-    if survivors:
+    if todo and (survivors := stop_workers(env)):
         raise PipelineError(f"processes {survivors} of the sweep's workers did not stop")
     experiments = summarise(names, states, queued, keys, env)
     report(experiments, keys, out)
-    print(f"{len(names)} experiments in {time.perf_counter() - start:.1f} s")
+    print(f"{len(todo)} experiments run in {time.perf_counter() - start:.1f} s", flush=True)
+    if git_remote:
+        finished = [e.name for e in experiments if e.metrics and e.name not in pushed]
+        share(finished, git_remote, remote, env)
+    return experiments
+
+
+def gather(
+    overrides: Sequence[str], git_remote: str, remote: str | None, out: Path | None
+) -> list[Experiment]:
+    """Fetch a grid's experiments that shards pushed to `git_remote`; print and write the table."""
+    env = worker_env(1)
+    combos = combinations(overrides)
+    names = [c.name for c in combos]
+    queued = {c.name: list(c.overrides) for c in combos}
+    start = time.perf_counter()
+    there = experiment_names(env, git_remote) & set(names)
+    here = experiment_names(env) & set(names)
+    if fetch := sorted(there - here):
+        run_dvc(
+            "exp",
+            "pull",
+            *(["-r", remote] if remote else []),
+            *([] if has_dvc_remote(remote, env) else ["--no-cache"]),
+            git_remote,
+            *fetch,
+            env=env,
+            attempts=STATUS_ATTEMPTS,
+            timeout_s=STATUS_TIMEOUT_S,
+        )
+    found = there | here
+    print(
+        f"{len(found)} of the grid's {len(names)} experiments found, {len(fetch)} pulled "
+        f"from {git_remote}, in {time.perf_counter() - start:.1f} s",
+        flush=True,
+    )
+    states = {name: "Success" if name in found else "Missing" for name in names}
+    keys = sweep_keys(overrides)
+    experiments = summarise(names, states, queued, [*keys, THREADS_KEY], env)
+    for e in experiments:
+        if e.status == "Missing":
+            e.error = f"not on {git_remote}: no shard has pushed it yet"
+    # The thread count changes results: show it when some shard set it (`--jobs`, `--threads`).
+    own = load_params().runtime.threads
+    if THREADS_KEY not in keys and any(
+        e.params.get(THREADS_KEY) != own for e in experiments if e.metrics
+    ):
+        keys.append(THREADS_KEY)
+    report(experiments, keys, out)
     return experiments
 
 
@@ -535,6 +693,33 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout-s", type=float, default=6 * 3600, help="give up after this long")
     p.add_argument("--out", type=Path, default=Path("sweep"), help="folder for sweep.csv/png")
+    split = p.add_argument_group("a grid across machines or CI jobs (at a committed state)")
+    split.add_argument(
+        "--shard",
+        metavar="K/N",
+        type=parse_shard,
+        default=(1, 1),
+        help="run only the K-th of N shares of the grid (every machine gets the same -S values)",
+    )
+    split.add_argument(
+        "--push",
+        metavar="GIT_REMOTE",
+        nargs="?",
+        const="origin",
+        help="push each finished experiment there (default origin), its outputs and the "
+        "run-cache to the DVC remote",
+    )
+    split.add_argument(
+        "--gather",
+        metavar="GIT_REMOTE",
+        nargs="?",
+        const="origin",
+        help="instead of running: fetch the grid's experiments from there (default origin), "
+        "and print and write their table",
+    )
+    split.add_argument(
+        "-r", "--remote", help="the DVC remote for --push and --gather (default: the default one)"
+    )
     return p
 
 
@@ -552,7 +737,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     main_thread = threading.current_thread() is threading.main_thread()
     if main_thread and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminated)
-    experiments = sweep(args.overrides, args.jobs, args.threads, args.timeout_s, args.out)
+    if args.gather:
+        if args.push or args.shard != (1, 1):
+            raise PipelineError("--gather runs nothing: give it without --shard and --push")
+        experiments = gather(args.overrides, args.gather, args.remote, args.out)
+    else:
+        experiments = sweep(
+            args.overrides,
+            args.jobs,
+            args.threads,
+            args.timeout_s,
+            args.out,
+            args.shard,
+            args.push,
+            args.remote,
+        )
     failed = [e.name for e in experiments if e.status != "Success"]
     if failed:
         raise PipelineError(
