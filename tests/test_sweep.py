@@ -1,5 +1,8 @@
 """`fmnist-sweep` on tiny data: DVC's queue with two workers runs a grid, loses nothing,
-reproduces one-at-a-time results, and reports a failed experiment without stopping the others."""
+reproduces one-at-a-time results, and reports a failed experiment without stopping the others.
+Split across machines, two clones of one git remote each run a shard of the grid and push it (to
+a bare repository and a real S3 store on 127.0.0.1), and a third gathers what the one-machine
+sweep found; a shard killed midway and run again keeps what it finished."""
 
 from __future__ import annotations
 
@@ -9,19 +12,31 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 import yaml
 
+from fmnist.pipeline.processes import kill_all, spawn, stop_group, tagged
 from fmnist.tools import sweep
-from fmnist.tools.sweep import Experiment, dvc_failed, format_table, run_threads, sweep_keys, table
+from fmnist.tools.sweep import (
+    TAG_ENV,
+    Experiment,
+    dvc_failed,
+    format_table,
+    run_threads,
+    sweep_keys,
+    table,
+)
 
 from .conftest import load_stage, write_params
-from .workflow_repo import BIN, committed_repo, copy_repo, dvc, git
+from .s3_store import REMOTE, URL, Server
+from .workflow_repo import BIN, committed_repo, copy_repo, dvc, git, run
 
 GRID = ["models.model_2.lr=0.05,0.2", "models.model_2.hidden_units=4,6"]
 # lr 1e6 makes model_0 diverge at once; 0.05 and 0.2 are fine.
@@ -228,3 +243,152 @@ def test_an_experiment_no_worker_will_run_is_reported_lost(monkeypatch):
         "c": "Lost",  # not even in the queue any more
     }
     assert calls.count(("queue", "start", "--jobs", "2")) == 3
+
+
+# A grid across machines. Each shard runs its experiments one at a time with the thread count
+# that the one-machine sweep above gave each of its workers: the same params, so the same results.
+SHARD_ARGS = ["--threads", str(run_threads(JOBS)), *(a for o in GRID for a in ("-S", o))]
+
+
+def tool_env(server: Server) -> dict[str, str]:
+    """The environment a user runs the tool in: the venv on PATH, the store's credentials."""
+    path = f"{BIN}{os.pathsep}{os.environ['PATH']}"
+    return dict(os.environ, DVC_NO_ANALYTICS="1", PATH=path, **server.credentials)
+
+
+def run_tool(root: Path, server: Server, *args: str) -> subprocess.CompletedProcess:
+    """Run `fmnist-sweep ARGS` in `root` to its end; stop whatever it left, whatever happened."""
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "fmnist.tools.sweep", *args],
+            cwd=root,
+            env=tool_env(server),
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+    finally:
+        kill_all(tagged(TAG_ENV, str(root.resolve())), grace=1)
+
+
+def exp_refs(root: Path) -> dict[str, str]:
+    """The sweep's experiments in `root`'s git repository: name -> commit."""
+    out = git("for-each-ref", "--format=%(refname) %(objectname)", "refs/exps", cwd=root)
+    refs = (line.split() for line in out.splitlines())
+    return {ref.rsplit("/", 1)[-1]: sha for ref, sha in refs if "/sweep-" in ref}
+
+
+def clone(origin: Path, root: Path, server: Server) -> Path:
+    """A fresh clone of the git remote that pulled the baseline's results from the store."""
+    git("clone", "-q", str(origin), str(root), cwd=origin.parent)
+    git("config", "user.email", f"{root.name}@example.com", cwd=root)
+    git("config", "user.name", root.name, cwd=root)
+    dvc("pull", "--run-cache", cwd=root, env=server.credentials)
+    return root
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory, tiny_data, server) -> Path:
+    """A bare git repository holding the committed tiny-data run; its results are in the store."""
+    work = copy_repo(
+        committed_repo(tmp_path_factory, tiny_data), tmp_path_factory.mktemp("shards") / "work"
+    )
+    dvc("remote", "add", "--default", REMOTE, URL, cwd=work)
+    dvc("remote", "modify", REMOTE, "endpointurl", server.store.endpoint, cwd=work)
+    git("commit", "-q", "-am", "Share results through the team's S3 remote", cwd=work)
+    bare = work.parent / "origin.git"
+    git("init", "-q", "--bare", "-b", "main", str(bare), cwd=work.parent)
+    git("push", "-q", str(bare), "main", cwd=work)
+    run([sys.executable, "-m", "fmnist.tools.remote", "push"], work, server.credentials)
+    return bare
+
+
+@pytest.fixture(scope="module")
+def shard_one(origin, server) -> tuple[Path, dict[str, str], subprocess.CompletedProcess]:
+    """Shard 1/2 in clone A, killed with its workers once one experiment is done, then rerun."""
+    root = clone(origin, origin.parent / "a", server)
+    command = [sys.executable, "-m", "fmnist.tools.sweep", "--shard", "1/2", "--push"]
+    tool = spawn([*command, *SHARD_ARGS], cwd=root, env=tool_env(server))
+    try:
+        deadline = time.monotonic() + 600
+        while not exp_refs(root) and tool.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.25)
+        first = exp_refs(root)
+        # As when the machine is lost: the tool and DVC's workers die at once, with no cleanup.
+        os.kill(tool.pid, signal.SIGKILL)
+        kill_all(tagged(TAG_ENV, str(root.resolve())), grace=0)
+    finally:
+        stop_group(tool)
+    assert len(first) == 1, f"the shard did not stop after its first experiment: {first}"
+    return root, first, run_tool(root, server, "--shard", "1/2", "--push", *SHARD_ARGS)
+
+
+@pytest.fixture(scope="module")
+def gathered(origin, server, shard_one) -> tuple[Path, subprocess.CompletedProcess]:
+    """Shard 2/2 run and pushed from clone B; then a third clone gathers the grid."""
+    two = clone(origin, origin.parent / "b", server)
+    result = run_tool(two, server, "--shard", "2/2", "--push", *SHARD_ARGS)
+    assert result.returncode == 0, result.stdout + result.stderr
+    root = clone(origin, origin.parent / "c", server)
+    return root, run_tool(root, server, "--gather", *SHARD_ARGS)
+
+
+def test_a_killed_shard_run_again_keeps_its_finished_experiment_and_runs_the_rest(shard_one):
+    root, first, rerun = shard_one
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    ((name, commit),) = first.items()
+    assert f"already run under this commit, kept: {name}" in rerun.stdout
+    assert "queued 1:" in rerun.stdout
+    refs = exp_refs(root)
+    assert refs[name] == commit  # the same experiment: not run again
+    assert len(refs) == 2
+    (pushed,) = [line for line in rerun.stdout.splitlines() if line.startswith("pushed ")]
+    assert pushed.startswith("pushed 2 experiments to origin: ")
+    assert all(n in pushed for n in refs)  # the one from before the kill too
+
+
+def test_the_shards_run_each_combination_once_under_the_one_machine_sweeps_names(
+    shard_one, gathered, swept
+):
+    one = set(exp_refs(shard_one[0]))
+    two = set(exp_refs(gathered[0].parent / "b"))
+    assert len(one) == len(two) == 2 and not one & two
+    assert one | two == set(shown(swept[0]))  # a combination's name is the same everywhere
+
+
+def test_the_gather_lists_the_grid_with_the_one_machine_sweeps_metrics(gathered, swept):
+    root, result = gathered
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 of the grid's 4 experiments found, 4 pulled from origin" in result.stdout
+    here, there = shown(root), shown(swept[0])
+    assert set(here) == set(there)
+    for name, (rev,) in here.items():
+        data, alone = rev["data"], there[name][0]["data"]
+        assert data["metrics"] == alone["metrics"]
+        assert data["params"]["params.yaml"]["data"] == alone["params"]["params.yaml"]["data"]
+    rows = list(csv.DictReader(io.StringIO((root / "sweep" / "sweep.csv").read_text())))
+    assert sorted(row["experiment"] for row in rows) == sorted(here)
+    assert all(row["state"] == "Success" and row["model_2 accuracy"] != "-" for row in rows)
+    assert (root / "sweep" / "sweep.png").is_file()
+
+
+def test_the_gathered_experiments_came_with_their_weights(gathered):
+    root, _ = gathered
+    for name, commit in exp_refs(root).items():
+        lock = yaml.safe_load(git("show", f"{commit}:dvc.lock", cwd=root))
+        (out,) = [o for o in lock["stages"]["train@model_2"]["outs"] if o["path"].endswith(".pth")]
+        cached = root / ".dvc" / "cache" / "files" / "md5" / out["md5"][:2] / out["md5"][2:]
+        assert cached.is_file(), f"{name}'s weights were not pulled"
+
+
+def test_a_gather_names_the_combinations_no_shard_pushed(gathered, server):
+    root, _ = gathered
+    wider = ["-S", "models.model_2.lr=0.05,0.2,0.1", "-S", GRID[1]]  # lr 0.1 never ran
+    result = run_tool(root, server, "--gather", *SHARD_ARGS[:2], *wider)
+    assert result.returncode == 1
+    assert "4 of the grid's 6 experiments found" in result.stdout
+    missing = [line for line in result.stdout.splitlines() if "not on origin" in line]
+    assert len(missing) == 2
+    rows = list(csv.DictReader(io.StringIO((root / "sweep" / "sweep.csv").read_text())))
+    assert sorted(r["models.model_2.lr"] for r in rows if r["state"] == "Missing") == ["0.1"] * 2
+    assert "2 of 6 experiments are missing" in result.stderr

@@ -58,6 +58,8 @@ def workspace_tree() -> str:
     """'' when git's tracked files match HEAD; else the git tree of the workspace's state."""
     # `git stash create` records the workspace as a commit without touching it or the stash
     # list; its tree depends on the content alone, so the same edits give the same tree.
+    if not changed_files():  # `git status` also refreshes the index, which `stash create` needs
+        return ""
     stash = _git("stash", "create")
     return _git("rev-parse", f"{stash}^{{tree}}") if stash else ""
 
@@ -92,17 +94,22 @@ def shard(grid: Sequence[Combination], index: int, count: int) -> list[Combinati
 
 def clean_workspace() -> None:
     """Fail unless git's tracked files match HEAD: other machines see only what is committed."""
-    changed = _git("status", "--porcelain", "--untracked-files=no")
-    if changed:
-        files = ", ".join(line[3:] for line in changed.splitlines()[:5])
+    if changed := changed_files():
+        files = ", ".join(changed[:5])
         raise PipelineError(
             f"uncommitted changes ({files}): commit them first, as the other machines run the "
             "commit, and a gather finds experiments by it"
         )
 
 
+def changed_files() -> list[str]:
+    """The tracked files whose content differs from HEAD's, in the index or the workspace."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return [line[3:] for line in status.splitlines()]
+
+
 def _git(*args: str) -> str:
     result = subprocess.run(["git", *args], capture_output=True, text=True)
     if result.returncode != 0:
         raise PipelineError(f"`git {' '.join(args)}` failed: {result.stderr.strip()}")
-    return result.stdout.strip()
+    return result.stdout.rstrip()

@@ -591,7 +591,7 @@ def sweep(
         raise PipelineError(f"processes {survivors} of the sweep's workers did not stop")
     experiments = summarise(names, states, queued, keys, env)
     report(experiments, keys, out)
-    print(f"{len(todo)} experiments run in {time.perf_counter() - start:.1f} s", flush=True)
+    print(f"ran {len(todo)} in {time.perf_counter() - start:.1f} s", flush=True)
     if git_remote:
         finished = [e.name for e in experiments if e.metrics and e.name not in pushed]
         share(finished, git_remote, remote, env)
@@ -754,8 +754,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     failed = [e.name for e in experiments if e.status != "Success"]
     if failed:
+        what = "are missing" if args.gather else "did not succeed"
         raise PipelineError(
-            f"{len(failed)} of {len(experiments)} experiments did not succeed: {', '.join(failed)}"
+            f"{len(failed)} of {len(experiments)} experiments {what}: {', '.join(failed)}"
         )
 
 
