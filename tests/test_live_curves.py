@@ -69,3 +69,18 @@ def test_the_signal_goes_when_training_ends(prepared_tiny, tmp_path, tiny_data, 
     history = rows((tmp_path / "plots/train/model_0.csv").read_text(), HISTORY_FIELDS)
     assert [row["epoch"] for row in history] == [1, 2]
     assert os.listdir(tmp_path / "plots/train") == ["model_0.csv"]  # no temporary file left
+
+
+def test_training_goes_on_when_the_signals_folder_cannot_be_written(
+    prepared_tiny, tmp_path, tiny_data, monkeypatch
+):
+    # Queued experiments side by side share the signal's folder, and DVC removes it when one of
+    # them ends: a signal that cannot be written must not fail the others' training.
+    shutil.copytree(prepared_tiny, tmp_path, dirs_exist_ok=True)
+    blocked = tmp_path / SIGNAL_FILE.parent
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("not a folder")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    load_stage("train").main(["--model", "model_0"])
+    assert (tmp_path / "models" / "model_0.pth").is_file()
