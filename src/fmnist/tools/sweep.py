@@ -2,13 +2,17 @@
 
     fmnist-sweep --jobs 2 -S 'models.model_2.lr=0.05,0.1' -S 'models.model_0.lr=0.1,0.2'
 
-queues every combination (`dvc exp run --queue -S ... -S ...`) with `runtime.threads` set to its
-share of the cores, starts `dvc queue start --jobs N`, waits for every experiment to end, prints
-a table of the swept params and each model's test accuracy and loss, draws them, and shows the
-log (`dvc queue logs`) of any experiment that failed. On Ctrl-C, SIGTERM, its time limit or an
-error, it stops what it started: the queue's workers and every experiment they run.
-`fmnist-sweep --stop` does the same for a sweep whose tool was killed. A tool: no stage imports it.
-"""
+queues every combination (`dvc exp run --queue`), each as an experiment named after its values,
+with `runtime.threads` set to its share of the cores, starts `dvc queue start --jobs N`, waits
+for every experiment to end, prints a table of the swept params and each model's test accuracy
+and loss, draws them, and shows the log (`dvc queue logs`) of any experiment that failed. A
+combination that already ran under the commit is kept, not run again. On Ctrl-C, SIGTERM, its
+time limit or an error, it stops what it started: the queue's workers and every experiment they
+run. `fmnist-sweep --stop` does the same for a sweep whose tool was killed.
+
+Across machines or CI jobs, `--shard K/N` runs the K-th of N shares of the grid, `--push` sends
+what ran to a git remote (and its outputs and the run-cache to the DVC remote), and `--gather`
+fetches the whole grid from there and prints the same table. A tool: no stage imports it."""
 
 from __future__ import annotations
 
