@@ -361,7 +361,7 @@ def draw(experiments: Sequence[Experiment], keys: Sequence[str], path: Path) -> 
     models = sorted({m for e in done for m in e.metrics})
     swept = [m for m in models if any(k.startswith(f"models.{m}.") for k in keys)]
     models = swept or models  # the others' bars would be the same in every experiment
-    fig = new_figure((max(6.0, 1.6 * len(done)), 4.5))
+    fig = new_figure((max(6.0, 2.2 * len(done)), 4.5))  # room for names of 16 characters
     ax = fig.add_subplot()
     width = 0.8 / len(models)
     for i, model in enumerate(models):
@@ -536,8 +536,8 @@ def sweep(
     keys = sweep_keys([*overrides, *extra])
     queued = {c.name: [*c.overrides, *extra] for c in mine}
     names = list(queued)
-    share_of = f"shard {index}/{count}, " if count > 1 else ""
-    print(f"{share_of}{len(names)} of the grid's {len(combos)} experiments: {', '.join(names)}")
+    share = f"shard {index}/{count}: {len(names)} of " if count > 1 else ""
+    print(f"{share}the grid's {len(combos)} experiments: {', '.join(names)}", flush=True)
     here = experiment_names(env)
     pushed = experiment_names(env, git_remote) & set(names) if git_remote else set()
     if fetch := sorted(pushed - here):  # run and pushed by an earlier try of this shard
