@@ -536,8 +536,8 @@ def sweep(
     keys = sweep_keys([*overrides, *extra])
     queued = {c.name: [*c.overrides, *extra] for c in mine}
     names = list(queued)
-    share = f"shard {index}/{count}: {len(names)} of " if count > 1 else ""
-    print(f"{share}the grid's {len(combos)} experiments: {', '.join(names)}", flush=True)
+    portion = f"shard {index}/{count}: {len(names)} of " if count > 1 else ""
+    print(f"{portion}the grid's {len(combos)} experiments: {', '.join(names)}", flush=True)
     here = experiment_names(env)
     pushed = experiment_names(env, git_remote) & set(names) if git_remote else set()
     if fetch := sorted(pushed - here):  # run and pushed by an earlier try of this shard
