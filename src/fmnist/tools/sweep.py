@@ -129,6 +129,8 @@ def split_override(override: str) -> tuple[str, str]:
 
 def queue(overrides: Sequence[str], name: str, env: Mapping[str, str]) -> None:
     """Queue one experiment named `name` with these `-S` values, one value each."""
+    # DVC queues a name that an experiment already has, then drops the new run's result while
+    # the queue reports it a success: callers queue only names that no experiment has.
     args = [arg for override in overrides for arg in ("-S", override)]
     out = run_dvc("exp", "run", "--queue", "--name", name, *args, env=env)
     if f"Queued experiment '{name}'" not in out:
@@ -487,6 +489,8 @@ def share(
         print(f"nothing new to push to {git_remote}")
         return
     outputs = has_dvc_remote(remote, env)
+    # `dvc exp push` reads the DVC remote from each experiment's committed .dvc/config (and the
+    # clone's config.local): a remote added to .dvc/config after the commit is not seen.
     run_dvc(
         "exp",
         "push",
