@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -303,55 +304,76 @@ def origin(tmp_path_factory, tiny_data, server) -> Path:
     return bare
 
 
+@dataclass
+class Shards:
+    """Clone A's shard 1/2, killed after its first experiment and run again; clone B's 2/2."""
+
+    a: Path
+    first: dict[str, str]  # A's experiment when it was killed: name -> commit
+    rerun: subprocess.CompletedProcess
+    b: Path
+    b_output: str
+    killed_output: str  # A's before the kill
+
+    def __str__(self) -> str:
+        rerun = self.rerun.stdout + self.rerun.stderr
+        return f"A before the kill:\n{self.killed_output}\nA again:\n{rerun}\nB:\n{self.b_output}"
+
+
 @pytest.fixture(scope="module")
-def shard_one(origin, server) -> tuple[Path, dict[str, str], subprocess.CompletedProcess]:
-    """Shard 1/2 in clone A, killed with its workers once one experiment is done, then rerun."""
-    root = clone(origin, origin.parent / "a", server)
-    command = [sys.executable, "-m", "fmnist.tools.sweep", "--shard", "1/2", "--push"]
-    tool = spawn([*command, *SHARD_ARGS], cwd=root, env=tool_env(server))
+def shards(origin, server, tmp_path_factory) -> Shards:
+    """Both shards at once, as on two machines: B runs and pushes while A is killed and rerun."""
+    a = clone(origin, origin.parent / "a", server)
+    b = clone(origin, origin.parent / "b", server)
+    log = tmp_path_factory.mktemp("shard-b") / "output.log"
+    command = [sys.executable, "-m", "fmnist.tools.sweep", *SHARD_ARGS, "--push", "--shard"]
+    with log.open("w") as out:
+        other = spawn([*command, "2/2"], cwd=b, env=tool_env(server), stdout=out, stderr=out)
+    with (log.parent / "a.log").open("w") as out:  # shown by the tests below if they fail
+        tool = spawn([*command, "1/2"], cwd=a, env=tool_env(server), stdout=out, stderr=out)
     try:
         deadline = time.monotonic() + 600
-        while not exp_refs(root) and tool.poll() is None and time.monotonic() < deadline:
+        while not exp_refs(a) and tool.poll() is None and time.monotonic() < deadline:
             time.sleep(0.25)
-        first = exp_refs(root)
+        first = exp_refs(a)
         # As when the machine is lost: the tool and DVC's workers die at once, with no cleanup.
         os.kill(tool.pid, signal.SIGKILL)
-        kill_all(tagged(TAG_ENV, str(root.resolve())), grace=0)
+        kill_all(tagged(TAG_ENV, str(a.resolve())), grace=0)
+        assert len(first) == 1, f"shard 1/2 did not stop after its first experiment: {first}"
+        rerun = run_tool(a, server, "--shard", "1/2", "--push", *SHARD_ARGS)
+        assert other.wait(timeout=600) == 0, log.read_text()
     finally:
         stop_group(tool)
-    assert len(first) == 1, f"the shard did not stop after its first experiment: {first}"
-    return root, first, run_tool(root, server, "--shard", "1/2", "--push", *SHARD_ARGS)
+        stop_group(other)
+        for root in (a, b):
+            kill_all(tagged(TAG_ENV, str(root.resolve())), grace=1)
+    return Shards(a, first, rerun, b, log.read_text(), (log.parent / "a.log").read_text())
 
 
 @pytest.fixture(scope="module")
-def gathered(origin, server, shard_one) -> tuple[Path, subprocess.CompletedProcess]:
-    """Shard 2/2 run and pushed from clone B; then a third clone gathers the grid."""
-    two = clone(origin, origin.parent / "b", server)
-    result = run_tool(two, server, "--shard", "2/2", "--push", *SHARD_ARGS)
-    assert result.returncode == 0, result.stdout + result.stderr
+def gathered(origin, server, shards) -> tuple[Path, subprocess.CompletedProcess]:
+    """A third clone gathers the grid that the two shards pushed."""
     root = clone(origin, origin.parent / "c", server)
     return root, run_tool(root, server, "--gather", *SHARD_ARGS)
 
 
-def test_a_killed_shard_run_again_keeps_its_finished_experiment_and_runs_the_rest(shard_one):
-    root, first, rerun = shard_one
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    ((name, commit),) = first.items()
-    assert f"already run under this commit, kept: {name}" in rerun.stdout
-    assert "queued 1:" in rerun.stdout
+def test_a_killed_shard_run_again_keeps_its_finished_experiment_and_runs_the_rest(shards):
+    root, rerun = shards.a, shards.rerun
+    assert rerun.returncode == 0, shards
+    ((name, commit),) = shards.first.items()
+    assert f"already run under this commit, kept: {name}" in rerun.stdout, shards
+    assert "queued 1:" in rerun.stdout, shards
     refs = exp_refs(root)
-    assert refs[name] == commit  # the same experiment: not run again
-    assert len(refs) == 2
-    (pushed,) = [line for line in rerun.stdout.splitlines() if line.startswith("pushed ")]
-    assert pushed.startswith("pushed 2 experiments to origin: ")
-    assert all(n in pushed for n in refs)  # the one from before the kill too
+    assert refs[name] == commit, shards  # the same experiment: not run again
+    assert len(refs) == 2, (refs, str(shards))
+    pushed = [line for line in rerun.stdout.splitlines() if line.startswith("pushed ")]
+    assert len(pushed) == 1 and pushed[0].startswith("pushed 2 experiments to origin: "), shards
+    assert all(n in pushed[0] for n in refs), shards  # the one from before the kill too
 
 
-def test_the_shards_run_each_combination_once_under_the_one_machine_sweeps_names(
-    shard_one, gathered, swept
-):
-    one = set(exp_refs(shard_one[0]))
-    two = set(exp_refs(gathered[0].parent / "b"))
+def test_the_shards_run_each_combination_once_under_the_one_machine_sweeps_names(shards, swept):
+    one, two = set(exp_refs(shards.a)), set(exp_refs(shards.b))
+    assert "pushed 2 experiments to origin" in shards.b_output
     assert len(one) == len(two) == 2 and not one & two
     assert one | two == set(shown(swept[0]))  # a combination's name is the same everywhere
 
