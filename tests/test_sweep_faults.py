@@ -222,3 +222,37 @@ def test_no_chart_is_claimed_or_left_over_when_nothing_has_metrics(tmp_path, mon
     assert "sweep.png" not in out and "no chart" in out
     assert not stale.exists()
     assert (tmp_path / "out" / "sweep.csv").is_file()
+
+
+def test_a_killed_runs_leftover_entry_of_a_finished_experiment_is_dropped(
+    tmp_path, monkeypatch, capsys
+):
+    # A run killed just after an experiment ended leaves its queue entry `Running`; `dvc exp
+    # show` would then list the experiment twice, once from its commit and once from the entry.
+    calls: list[tuple[str, ...]] = []
+    entries = {GOOD: "Running"}
+    shown = [{"name": GOOD, "data": {"params": {}, "metrics": {}}}]
+
+    def dvc(*args: str, **options) -> str:
+        calls.append(args)
+        if args[:2] == ("exp", "list"):
+            return f"{GOOD}\n{BAD}\n"  # both ran before
+        if args[:2] == ("queue", "remove"):
+            for name in args[2:]:
+                entries.pop(name, None)
+        if args[:2] == ("queue", "status"):
+            rows = [f"abc1234  {name}  04:27 AM   {state}" for name, state in entries.items()]
+            return "\n".join(["Task  Name  Created  Status", *rows, "", "Worker status: 0 active"])
+        if args[:2] == ("exp", "show"):
+            revs = shown + [{"name": n, "data": {"params": {}, "metrics": {}}} for n in entries]
+            return json.dumps([{"experiments": [{"revs": revs}]}])
+        return ""
+
+    monkeypatch.setattr(sweep, "run_dvc", dvc)
+    monkeypatch.setattr(sweep, "workspace_tree", lambda: "")
+    monkeypatch.chdir(tmp_path)
+    sweep.sweep(["runtime.device=cpu,cuda:1"], 1, 0, 5, tmp_path / "out")
+    assert ("queue", "kill", "--force", GOOD) in calls
+    assert ("queue", "remove", GOOD) in calls
+    assert not any(call[:3] == ("exp", "run", "--queue") for call in calls)  # nothing ran again
+    assert "already run under this commit, kept" in capsys.readouterr().out

@@ -450,7 +450,7 @@ def experiment_names(env: Mapping[str, str], git_remote: str | None = None) -> s
 
 
 def forget(names: Sequence[str], env: Mapping[str, str]) -> None:
-    """Drop DVC's queue entries of these names, left by an earlier run that stopped or failed."""
+    """Drop DVC's queue entries of these names left by earlier runs (never their experiments)."""
     # Only called with no worker of this repository alive: a `Running` entry is a dead run's.
     bound = {"env": env, "check": False, "timeout_s": CLEANUP_TIMEOUT_S}
     for _ in range(KILL_ROUNDS):  # one name may have several entries; each round drops one
@@ -559,9 +559,11 @@ def sweep(
     states = dict.fromkeys(done, "Success")
     seen = {**dict.fromkeys(todo, "Queued"), **states}
     start = time.perf_counter()
+    # A killed run leaves its entries in DVC's queue, `Running` ones even for an experiment that
+    # finished, which `dvc exp show` then lists twice: drop them all (the experiments stay).
+    forget(names, env)
     try:
         if todo:
-            forget(todo, env)
             for name in todo:
                 queue(queued[name], name, env)
             print(f"queued {len(todo)}: {', '.join(todo)}", flush=True)
