@@ -25,7 +25,7 @@ class Server:
 
     def start(self) -> None:
         """Start the server (on the store's ports and data, as before a kill) and wait for it."""
-        self.pid = start_server(self.store, BUCKET).pid
+        self.pid = start_server(self.store, BUCKET, tied=True).pid  # dies with the tests
 
     def freeze(self) -> None:
         """SIGSTOP the server: requests in flight hang, as with a machine that stopped dead."""

@@ -6,14 +6,17 @@ from __future__ import annotations
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from fmnist.pipeline.processes import Owned, kill_all, spawn, stop_group
 from fmnist.tools import remote
 
+from .conftest import ROOT
 from .workflow_repo import dvc, git
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(300)"]
@@ -152,3 +155,33 @@ def test_the_secret_files_are_0600_from_the_first_byte(tmp_path, monkeypatch):
     monkeypatch.setattr(remote.os, "open", watching_open)
     remote.new_store(tmp_path / "store")
     assert len(made) == 2 and all(mode == 0o600 for _, mode in made), made
+
+
+def test_a_tests_store_dies_with_the_process_that_started_it(tmp_path):
+    # Even when the test run is killed outright, before any teardown.
+    script = (
+        "import sys, time\n"
+        "from tests.s3_store import Server\n"
+        "server = Server(__import__('pathlib').Path(sys.argv[1]))\n"
+        "server.start()\n"
+        "print(server.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    starter = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "store")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        pid = int(starter.stdout.readline())
+        assert psutil.pid_exists(pid)
+        starter.kill()
+        starter.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while psutil.pid_exists(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not psutil.pid_exists(pid), "the store outlived the process that started it"
+    finally:
+        starter.kill()
+        starter.wait()

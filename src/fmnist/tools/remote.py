@@ -32,7 +32,7 @@ from typing import Any
 
 from fmnist.pipeline.cli import command_parser, entry_point
 from fmnist.pipeline.errors import PipelineError
-from fmnist.pipeline.processes import Owned
+from fmnist.pipeline.processes import Owned, die_with_parent
 
 HOST = "127.0.0.1"
 STORE_DIR = Path(".storage")
@@ -246,10 +246,13 @@ def wait_until_ready(
     )
 
 
-def start_server(store: Store, bucket: str = BUCKET) -> subprocess.Popen:
-    """Start SeaweedFS for `store` in its own session, and return once `bucket` takes writes."""
-    # It outlives this command on purpose (`fmnist-remote stop` ends it), so it is not spawned
-    # to die with its starter: its identity goes to the pid file, checked before any signal.
+def start_server(store: Store, bucket: str = BUCKET, tied: bool = False) -> subprocess.Popen:
+    """Start SeaweedFS for `store` in its own session, and return once `bucket` takes writes.
+
+    With `tied` (a test's store), the server dies with this process, even by SIGKILL.
+    """
+    # Otherwise it outlives this command on purpose (`fmnist-remote stop` ends it), so it is not
+    # spawned to die with its starter: its identity goes to the pid file, checked before a signal.
     (store.root / "data").mkdir(parents=True, exist_ok=True)
     with open(store.log_file, "ab") as log:
         process = subprocess.Popen(
@@ -258,6 +261,7 @@ def start_server(store: Store, bucket: str = BUCKET) -> subprocess.Popen:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a Ctrl-C in the terminal that started it does not stop it
+            preexec_fn=die_with_parent() if tied else None,
         )
 
     def record() -> None:
