@@ -207,21 +207,24 @@ def stop_processes(tag: str) -> list[int]:
     return tagged(TAG_ENV, tag)
 
 
+def drop(names: Sequence[str], states: Mapping[str, str], env: Mapping[str, str]) -> None:
+    """Take these entries out of DVC's queue (never their experiments); none may be running."""
+    # With its processes gone, a running experiment stays `Running` in DVC's records until
+    # `queue kill` marks it failed; only then can `queue remove` drop it.
+    if not names:
+        return
+    bound = {"env": env, "check": False, "timeout_s": CLEANUP_TIMEOUT_S}
+    if running := [name for name in names if states.get(name) == "Running"]:
+        run_dvc("queue", "kill", "--force", *running, **bound)
+    run_dvc("queue", "remove", *names, **bound)
+
+
 def clear_queue(names: Sequence[str], env: Mapping[str, str]) -> list[str]:
     """Take the unfinished experiments among `names` out of DVC's queue; return them."""
-    # With their processes gone, a running experiment stays `Running` in DVC's records until
-    # `queue kill` marks it failed; only then (or while queued) can `queue remove` drop it.
     states, _ = queue_status(env)
     running = [name for name in names if states.get(name) == "Running"]
-    if running:
-        run_dvc(
-            "queue", "kill", "--force", *running, env=env, check=False, timeout_s=CLEANUP_TIMEOUT_S
-        )
     queued = [name for name in names if states.get(name) == "Queued"]
-    if running or queued:
-        run_dvc(
-            "queue", "remove", *running, *queued, env=env, check=False, timeout_s=CLEANUP_TIMEOUT_S
-        )
+    drop([*running, *queued], states, env)
     return [*running, *queued]
 
 
@@ -452,16 +455,12 @@ def experiment_names(env: Mapping[str, str], git_remote: str | None = None) -> s
 def forget(names: Sequence[str], env: Mapping[str, str]) -> None:
     """Drop DVC's queue entries of these names left by earlier runs (never their experiments)."""
     # Only called with no worker of this repository alive: a `Running` entry is a dead run's.
-    bound = {"env": env, "check": False, "timeout_s": CLEANUP_TIMEOUT_S}
     for _ in range(KILL_ROUNDS):  # one name may have several entries; each round drops one
         states, _ = queue_status(env)
         stale = [name for name in names if name in states]
         if not stale:
             return
-        running = [name for name in stale if states[name] == "Running"]
-        if running:
-            run_dvc("queue", "kill", "--force", *running, **bound)
-        run_dvc("queue", "remove", *stale, **bound)
+        drop(stale, states, env)
     states, _ = queue_status(env)
     if left := [name for name in names if name in states]:
         raise PipelineError(f"could not clear DVC's queue entries of {', '.join(left)}")
@@ -660,10 +659,7 @@ def stop_repository_sweeps() -> None:
         survivors = stop_processes(env[TAG_ENV])
         states, _ = queue_status(env)
         running = [name for name, state in states.items() if state == "Running"]
-        if running:  # their processes are gone: mark them failed, then drop them
-            bound = {"env": env, "check": False, "timeout_s": CLEANUP_TIMEOUT_S}
-            run_dvc("queue", "kill", "--force", *running, **bound)
-            run_dvc("queue", "remove", *running, **bound)
+        drop(running, states, env)  # their processes are gone
     if survivors:
         raise PipelineError(f"processes {survivors} did not stop")
     print(
