@@ -3,21 +3,9 @@
 import logging
 from collections.abc import Sequence
 
-from fmnist.pipeline import paths
-from fmnist.pipeline.atomic import write_json
-from fmnist.pipeline.checkpoint import load_checkpoint
+from fmnist.pipeline import numerics
 from fmnist.pipeline.cli import entry_point, stage_parser
-from fmnist.pipeline.data import load_split
-from fmnist.pipeline.evaluation import (
-    check_reproduces,
-    score_test_set,
-    scores_record,
-    write_confusion,
-    write_per_class,
-    write_predictions,
-)
 from fmnist.pipeline.params import load_params
-from fmnist.pipeline.runtime import cpu_threads, place_model, resolve_device
 
 log = logging.getLogger("fmnist.evaluate")
 
@@ -26,9 +14,26 @@ log = logging.getLogger("fmnist.evaluate")
 def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__, model=True).parse_args(argv)
     params = load_params(args.params)
+    # Before the first import of torch, which reads the kernel and thread settings once.
+    numerics.pin(params.runtime.numerics, params.runtime.threads)
+    from fmnist.pipeline import paths
+    from fmnist.pipeline.atomic import write_json
+    from fmnist.pipeline.checkpoint import load_checkpoint
+    from fmnist.pipeline.data import load_split
+    from fmnist.pipeline.evaluation import (
+        check_reproduces,
+        score_test_set,
+        scores_record,
+        write_confusion,
+        write_per_class,
+        write_predictions,
+    )
+    from fmnist.pipeline.runtime import cpu_threads, place_model, resolve_device
+
     model_params = params.model(args.model)
     name = model_params.name
     device = resolve_device(params.runtime.device)
+    numerics.verify(params.runtime.numerics)
     # The sidecar must describe the model params.yaml configures, or this is a stale file.
     model, meta = load_checkpoint(paths.weights_path(name), expected=model_params)
     model = place_model(model, device)
@@ -37,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     # Scored in the dtype the model was trained in, so that it reproduces training's record.
     compute_dtype = meta["hyperparameters"]["compute_dtype"]
-    with cpu_threads(params.runtime.threads, model):
+    with cpu_threads(params.runtime.threads):
         scorecard = score_test_set(
             model, test, len(classes), device, params.eval.batch_size, compute_dtype
         )

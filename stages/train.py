@@ -4,29 +4,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from fmnist.pipeline import distributed, live
-from fmnist.pipeline.atomic import write_json
-from fmnist.pipeline.checkpoint import save_checkpoint
-from fmnist.pipeline.classes import load_classes
+from fmnist.pipeline import numerics
 from fmnist.pipeline.cli import entry_point, stage_parser
-from fmnist.pipeline.data import load_split
 from fmnist.pipeline.params import load_params
-from fmnist.pipeline.paths import (
-    CURVES_DIR,
-    PREPARED_DIR,
-    STEPS_DIR,
-    TIMINGS_DIR,
-    weights_path,
-)
-from fmnist.pipeline.progress import epoch_bars
-from fmnist.pipeline.runtime import resolve_compute_dtype, resolve_device
-from fmnist.pipeline.training import (
-    checkpoint_metadata,
-    timing_record,
-    train_model,
-    write_history,
-    write_steps,
-)
 
 log = logging.getLogger("fmnist.train")
 
@@ -35,6 +15,24 @@ log = logging.getLogger("fmnist.train")
 def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__, model=True).parse_args(argv)
     params = load_params(args.params)
+    # Before the first import of torch, which reads the kernel and thread settings once.
+    numerics.pin(params.runtime.numerics, params.runtime.threads)
+    from fmnist.pipeline import distributed, live
+    from fmnist.pipeline.atomic import write_json
+    from fmnist.pipeline.checkpoint import save_checkpoint
+    from fmnist.pipeline.classes import load_classes
+    from fmnist.pipeline.data import load_split
+    from fmnist.pipeline.paths import CURVES_DIR, PREPARED_DIR, STEPS_DIR, TIMINGS_DIR, weights_path
+    from fmnist.pipeline.progress import epoch_bars
+    from fmnist.pipeline.runtime import resolve_compute_dtype, resolve_device
+    from fmnist.pipeline.training import (
+        checkpoint_metadata,
+        timing_record,
+        train_model,
+        write_history,
+        write_steps,
+    )
+
     model_params = params.model(args.model)
     name = model_params.name
     processes, launched = params.runtime.processes, distributed.launched()
@@ -48,17 +46,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         shard, device = distributed.join(processes, device_name)
     else:
         shard, device = None, resolve_device(device_name)
+    kernels = numerics.verify(params.runtime.numerics)
     compute_dtype = resolve_compute_dtype(model_params.compute_dtype, device)
     train, test = load_split(PREPARED_DIR, "train"), load_split(PREPARED_DIR, "test")
     classes = load_classes(PREPARED_DIR)
     log.info("read %s: %d training and %d test images", PREPARED_DIR, len(train), len(test))
     log.info(
-        "training %s (%s) on %s in %s for %d epochs",
+        "training %s (%s) on %s in %s for %d epochs (%s numerics, %s kernels)",
         name,
         model_params.arch,
         device,
         compute_dtype,
         model_params.epochs,
+        params.runtime.numerics,
+        kernels,
     )
 
     writes = shard is None or shard.rank == 0  # only rank 0 shows progress and writes
@@ -100,7 +101,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
 
     meta = checkpoint_metadata(
-        model_params, result, classes, params.runtime.seed, params.eval.batch_size, compute_dtype
+        model_params,
+        result,
+        classes,
+        params.runtime.seed,
+        params.eval.batch_size,
+        compute_dtype,
+        (params.runtime.numerics, kernels),
     )
     save_checkpoint(result.model, weights_path(name), meta)  # the curves are already written
     live.training_ended()

@@ -17,9 +17,15 @@ import numpy as np
 import pytest
 import yaml
 
+from fmnist.pipeline import numerics
+from fmnist.pipeline.params import PORTABLE
 from fmnist.pipeline.paths import IDX_FILES
 
 from .s3_store import Server, running_server
+
+# Tests call the stages' main() in this process too, after torch is loaded: pin the portable
+# numerics before anything imports it, as each stage does for itself when DVC runs it.
+numerics.pin(PORTABLE, threads=1)
 
 ROOT = Path(__file__).resolve().parents[1]
 IDX_NAMES = {
@@ -101,7 +107,13 @@ def tiny_params(tiny: TinyData, **model_overrides: dict) -> dict:
     for name, changes in model_overrides.items():
         models[name] = {**models[name], **changes}
     return {
-        "runtime": {"device": "cpu", "seed": 42, "threads": 0, "processes": 1},
+        "runtime": {
+            "device": "cpu",
+            "seed": 42,
+            "numerics": "portable",
+            "threads": 1,
+            "processes": 1,
+        },
         "data": {"sources": [str(tiny.source)], "sha256": dict(tiny.sha256), "timeout_s": 5},
         "eval": {"batch_size": 25},
         # 15 steps per epoch on the tiny data: a point of the running loss every 5 of them.

@@ -64,6 +64,26 @@ def test_bad_values_name_the_key(raw, path, value, message):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("runtime.device", "auto", "runtime.device: 'auto' is not portable"),
+        ("runtime.device", "cuda", "runtime.device: 'cuda' is not portable"),
+        ("runtime.threads", 0, "runtime.threads: 0 takes the machine's cores"),
+        ("models.model_2.compute_dtype", "auto", "models.model_2.compute_dtype: 'auto' is not"),
+        ("models.model_1.compute_dtype", "bf16", "models.model_1.compute_dtype: 'bf16' is not"),
+        ("runtime.numerics", "fast", "runtime.numerics: expected one of portable, native"),
+    ],
+)
+def test_what_the_machine_would_decide_needs_the_native_numerics(raw, path, value, message):
+    with pytest.raises(PipelineError, match="^" + re.escape(message)) as info:
+        parse_params(_mutate(raw, path, value))
+    assert "runtime.numerics" in str(info.value) and "\n" not in str(info.value)
+    if path != "runtime.numerics":
+        native = parse_params(_mutate(_mutate(raw, path, value), "runtime.numerics", "native"))
+        assert native.runtime.numerics == "native"
+
+
 M = "models.model_0"
 
 
@@ -244,9 +264,8 @@ def test_a_device_this_machine_lacks_stops_the_stage_before_it_writes(
         load_stage("train").main(STAGES["train"])
         capsys.readouterr()
     device = _missing_device()
-    write_params(
-        tmp_path / "params.yaml", _mutate(tiny_params(tiny_data), "runtime.device", device)
-    )
+    native = _mutate(tiny_params(tiny_data), "runtime.numerics", "native")
+    write_params(tmp_path / "params.yaml", _mutate(native, "runtime.device", device))
     before = tree(tmp_path)
     monkeypatch.chdir(tmp_path)
     code, err = run_in_process(stage, tmp_path, capsys)

@@ -136,7 +136,7 @@ def test_evaluate_fails_loudly_when_the_weights_are_not_the_trained_ones(prepare
 @pytest.mark.skipif("cuda" in available_devices(), reason="needs a machine without CUDA")
 def test_a_missing_device_is_an_error_not_a_fallback(prepared, tiny_data, capsys):
     params = tiny_params(tiny_data)
-    params["runtime"]["device"] = "cuda"
+    params["runtime"].update(device="cuda", numerics="native")
     write_params(prepared / "params.yaml", params)
     with pytest.raises(SystemExit):
         load_stage("train").main(["--model", "model_0"])

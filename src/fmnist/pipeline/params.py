@@ -21,6 +21,9 @@ from fmnist.pipeline.paths import IDX_FILES
 ARCHITECTURES = ("linear", "linear_relu", "tinyvgg")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 COMPUTE_DTYPES = ("auto", "fp32", "bf16")
+# runtime.numerics: what fmnist.pipeline.numerics sets up before torch is imported.
+PORTABLE, NATIVE = "portable", "native"
+NUMERICS = (PORTABLE, NATIVE)
 # The files to checksum, in the order the pipeline fetches them.
 DATA_FILES = tuple(name for names in IDX_FILES.values() for name in names)
 log = logging.getLogger(__name__)
@@ -61,8 +64,9 @@ class RuntimeParams:
 
     device: str
     seed: int
-    threads: int
-    processes: int  # above 1, train@<model> runs data-parallel under torchrun
+    numerics: str  # portable: the same bytes on every x86-64 CPU; native: the machine's kernels
+    threads: int  # torch's CPU threads per process; 0 (native only): the machine's cores
+    processes: int  # above 1, train@<model> runs data-parallel, one process per share
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,7 @@ class ModelParams:
     lr: float
     epochs: int
     batch_size: int
-    compute_dtype: str  # fp32 or bf16 (autocast); auto picks per device
+    compute_dtype: str  # fp32, or (native only) bf16 (autocast) or auto, chosen by the CPU
 
     @property
     def label(self) -> str:
@@ -253,6 +257,27 @@ _MODEL_CHECKS: Mapping[str, Check] = {
 RENAMED_MODEL_KEYS = {"precision": "compute_dtype"}
 
 
+def _portable(runtime: RuntimeParams, models: Mapping[str, ModelParams]) -> None:
+    """Refuse, in the portable mode, each setting whose result would be the machine's choice."""
+    native = "set runtime.numerics: native to allow it (results then differ between machines)"
+    if runtime.device != "cpu":
+        raise PipelineError(
+            f"runtime.device: {runtime.device!r} is not portable (a GPU's results depend on its "
+            f"model, and auto on the machine); {native}"
+        )
+    if runtime.threads == 0:
+        raise PipelineError(
+            "runtime.threads: 0 takes the machine's cores, which change the results; give a "
+            f"number of threads, or {native}"
+        )
+    for name, model in models.items():
+        if model.compute_dtype != "fp32":
+            raise PipelineError(
+                f"models.{name}.compute_dtype: {model.compute_dtype!r} is not portable (the CPU "
+                f"decides how bf16 is computed); use fp32, or {native}"
+            )
+
+
 def parse_params(raw: Any) -> Params:
     """Validate a params mapping, naming the exact key path of the first problem."""
     top = _section(
@@ -274,6 +299,7 @@ def parse_params(raw: Any) -> Params:
             {
                 "device": _choice(*DEVICES),
                 "seed": _seed,
+                "numerics": _choice(*NUMERICS),
                 "threads": _non_negative_int,
                 "processes": positive_int,
             },
@@ -300,6 +326,8 @@ def parse_params(raw: Any) -> Params:
             raise PipelineError(f"models.{name}: a model name must be a plain identifier")
         section = _renamed_keys(section, f"models.{name}", RENAMED_MODEL_KEYS)
         models[name] = ModelParams(name=name, **_section(section, f"models.{name}", _MODEL_CHECKS))
+    if runtime.numerics == PORTABLE:
+        _portable(runtime, models)
     return Params(
         runtime=runtime,
         data=data,

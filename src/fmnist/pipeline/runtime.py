@@ -48,22 +48,18 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def resolve_threads(requested: int, convolutional: bool, processes: int = 1) -> int:
-    """torch's CPU threads for one process: `requested`, or (0) chosen from the model and cores."""
-    # 0 gives TinyVGG the cores shared out between the processes, and the linear models one
-    # thread, as their tiny matrix products lose more to thread synchronisation than they gain
-    # (about a quarter of their training time on two cores). It never reads OMP_NUM_THREADS:
-    # the thread count moves the results' last bits, so only what DVC tracks may decide it.
-    if requested:
-        return requested
-    return max(1, cores() // processes) if convolutional else 1
+def resolve_threads(requested: int, processes: int = 1) -> int:
+    """torch's CPU threads for one process: `requested`, or (0) the cores shared out."""
+    # 0 is allowed with `runtime.numerics: native` alone: the thread count moves TinyVGG's last
+    # bits, so in the portable mode only what DVC tracks decides it, never the machine.
+    return requested or max(1, cores() // processes)
 
 
 @contextlib.contextmanager
-def cpu_threads(requested: int, model: nn.Module, processes: int = 1) -> Iterator[int]:
+def cpu_threads(requested: int, processes: int = 1) -> Iterator[int]:
     """Run the block with the resolved number of CPU threads, then restore the count."""
     before = torch.get_num_threads()
-    threads = resolve_threads(requested, has_convolutions(model), processes)
+    threads = resolve_threads(requested, processes)
     torch.set_num_threads(threads)
     try:
         yield threads

@@ -58,7 +58,7 @@ def train_model(
     device: torch.device,
     eval_batch_size: int,
     compute_dtype: str = "fp32",
-    threads: int = 0,
+    threads: int = 1,
     loss_every: int = 50,
     progress: Callable[[int, int], Progress] | None = None,
     shard: Shard | None = None,
@@ -82,7 +82,7 @@ def train_model(
     lost = contextlib.nullcontext() if shard is None else distributed.peers_lost(shard)
     processes = 1 if shard is None else shard.size
     here = 1 if shard is None else shard.local_size
-    with cpu_threads(threads, model, here) as used_threads, lost:
+    with cpu_threads(threads, here) as used_threads, lost:
         start = time.perf_counter()
         x_train, y_train = to_model_input(train.images, device), train.labels.to(device)
         x_test, y_test = to_model_input(test.images, device), test.labels.to(device)
@@ -154,8 +154,10 @@ def checkpoint_metadata(
     seed: int,
     eval_batch_size: int,
     compute_dtype: str,
+    numerics: tuple[str, str],
 ) -> dict[str, object]:
     """Describe a trained model for its sidecar: how to rebuild it and what it scored."""
+    mode, kernels = numerics
     return {
         "model": model_params.name,
         "arch": model_params.arch,
@@ -177,6 +179,8 @@ def checkpoint_metadata(
         "parameters": count_parameters(result.model),
         "processes": result.processes,
         "threads": result.threads,
+        "numerics": mode,
+        "kernels": kernels,  # torch's CPU capability: what the portable mode pins
         "torch": torch.__version__,
         # What the last epoch scored on the test set: evaluation checks the reloaded weights
         # against it.
