@@ -51,7 +51,7 @@ def scratch_repo(dest: Path) -> None:
     sh("git", "config", "user.name", "bench", cwd=dest)
     dvc = [sys.executable, "-m", "dvc"]
     sh(*dvc, "init", "-q", cwd=dest)
-    sh(*dvc, "repro", "-q", cwd=dest, env=worker_env(1))
+    sh(*dvc, "repro", "-q", cwd=dest, env=worker_env())
     sh("git", "add", "-A", cwd=dest)
     sh("git", "commit", "-q", "-m", "baseline", cwd=dest)
 
@@ -63,7 +63,7 @@ def time_sweep(repo: Path, jobs: int, grid: Sequence[str]) -> dict[str, object]:
     cwd = Path.cwd()
     os.chdir(repo)
     try:
-        env = worker_env(jobs)
+        env = worker_env()
         names = list(queue_grid(grid, env))
         start = time.perf_counter()
         states = run_queue(names, jobs, env, timeout_s=3600)
@@ -74,7 +74,9 @@ def time_sweep(repo: Path, jobs: int, grid: Sequence[str]) -> dict[str, object]:
         os.chdir(cwd)
     return {
         "jobs": jobs,
-        "threads_per_worker": int(env["OMP_NUM_THREADS"]),
+        "threads_per_worker": yaml.safe_load((repo / "params.yaml").read_text())["runtime"][
+            "threads"
+        ],
         "experiments": len(names),
         "succeeded": sum(state == "Success" for state in states.values()),
         "seconds": round(seconds, 1),
@@ -87,7 +89,6 @@ def time_training(repo: Path, processes: int) -> dict[str, object]:
     params["runtime"]["processes"] = processes
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ, PYTHONPATH="src")
-    env.pop("OMP_NUM_THREADS", None)
     start = time.perf_counter()
     sh(sys.executable, "stages/train.py", "--model", "model_2", cwd=repo, env=env)
     wall = time.perf_counter() - start

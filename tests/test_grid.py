@@ -86,7 +86,7 @@ def test_the_workspace_tree_is_empty_when_clean_and_follows_the_edits(tmp_path, 
 
 def test_a_sweep_does_not_start_while_another_runs_in_the_repository(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    env = sweep.worker_env(1)
+    env = sweep.worker_env()
     other = subprocess.Popen(["sleep", "30"], env=env)
     try:
         with pytest.raises(PipelineError, match="a sweep of this repository is running"):

@@ -30,14 +30,13 @@ from fmnist.tools.sweep import (
     Experiment,
     dvc_failed,
     format_table,
-    run_threads,
     sweep_keys,
     table,
 )
 
 from .conftest import load_stage, write_params
 from .s3_store import REMOTE, URL, Server
-from .workflow_repo import BIN, committed_repo, copy_repo, dvc, git, run
+from .workflow_repo import BIN, committed_repo, copy_repo, dvc, git, ran_stages, run
 
 GRID = ["models.model_2.lr=0.05,0.2", "models.model_2.hidden_units=4,6"]
 # lr 1e6 makes model_0 diverge at once; 0.05 and 0.2 are fine.
@@ -98,13 +97,12 @@ def swept(tmp_path_factory, tiny_data) -> tuple[Path, subprocess.CompletedProces
     return root, run_sweep(root, GRID)
 
 
-def one_at_a_time(root: Path, dest: Path, lr: float, hidden: int, threads: int) -> dict:
+def one_at_a_time(root: Path, dest: Path, lr: float, hidden: int) -> dict:
     """model_2's test metrics when its stages run alone in this process with these params."""
     for folder in ("data", "models"):
         shutil.copytree(root / folder, dest / folder, symlinks=True)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["models"]["model_2"].update(lr=lr, hidden_units=hidden)
-    params["runtime"]["threads"] = threads  # what the sweep sets for each experiment
     write_params(dest / "params.yaml", params)
     cwd = Path.cwd()
     os.chdir(dest)
@@ -133,17 +131,17 @@ def test_a_grid_with_two_workers_succeeds_and_is_listed_once(swept):
     for name in experiments:
         assert name in result.stdout  # in the printed table
     csv = (root / "sweep" / "sweep.csv").read_text()
-    assert csv.count("\n") == 5 and "runtime.threads" in csv.splitlines()[0]
+    assert csv.count("\n") == 5 and "runtime.threads" not in csv.splitlines()[0]
     assert (root / "sweep" / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert workers(root) == []
 
 
-def test_each_worker_got_its_share_of_the_cores_as_a_param(swept):
+def test_parallel_workers_keep_the_thread_count_that_params_yaml_sets(swept):
     root, _ = swept
-    expected = run_threads(JOBS)
+    expected = yaml.safe_load((root / "params.yaml").read_text())["runtime"]["threads"]
     for (rev,) in shown(root).values():
         params = rev["data"]["params"]["params.yaml"]["data"]
-        assert params["runtime"]["threads"] == expected  # in what DVC hashes, not only the env
+        assert params["runtime"]["threads"] == expected  # no param the user did not sweep
         # The experiment's commit holds compare's table, which records each model's threads.
         table = git("show", f"{rev['rev']}:plots/comparison/models.csv", cwd=root)
         rows = {row["model"]: row for row in csv.DictReader(io.StringIO(table))}
@@ -152,13 +150,10 @@ def test_each_worker_got_its_share_of_the_cores_as_a_param(swept):
 
 def test_the_parallel_results_equal_one_at_a_time_runs(swept, tmp_path):
     root, _ = swept
-    threads = run_threads(JOBS)
     for name, (rev,) in shown(root).items():
         data = rev["data"]
         model_2 = data["params"]["params.yaml"]["data"]["models"]["model_2"]
-        alone = one_at_a_time(
-            root, tmp_path / name, model_2["lr"], model_2["hidden_units"], threads
-        )
+        alone = one_at_a_time(root, tmp_path / name, model_2["lr"], model_2["hidden_units"])
         assert data["metrics"]["metrics.json"]["data"]["model_2"] == alone
 
 
@@ -179,6 +174,9 @@ def test_a_diverging_experiment_is_reported_and_the_others_complete(
     for other in good:
         metrics = rows[other][0]["data"]["metrics"]["metrics.json"]["data"]
         assert 0 <= metrics["model_0"]["accuracy"] <= 1
+        # Two workers, and still only model_0's stages ran: the sweep changed no other param.
+        log = sweep.queue_log(other, sweep.worker_env())
+        assert set(ran_stages(log)) == {"train@model_0", "evaluate@model_0", "compare"}, log
     assert workers(root) == []
 
 
@@ -246,9 +244,9 @@ def test_an_experiment_no_worker_will_run_is_reported_lost(monkeypatch):
     assert calls.count(("queue", "start", "--jobs", "2")) == 3
 
 
-# A grid across machines. Each shard runs its experiments one at a time with the thread count
-# that the one-machine sweep above gave each of its workers: the same params, so the same results.
-SHARD_ARGS = ["--threads", str(run_threads(JOBS)), *(a for o in GRID for a in ("-S", o))]
+# A grid across machines. Each shard runs its experiments one at a time with params.yaml's thread
+# count, as the one-machine sweep above did with two workers: the same params, the same results.
+SHARD_ARGS = [a for o in GRID for a in ("-S", o)]
 
 
 def tool_env(server: Server) -> dict[str, str]:

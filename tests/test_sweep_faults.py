@@ -18,7 +18,7 @@ from fmnist.pipeline.paths import METRICS_FILE
 from fmnist.pipeline.processes import Owned, kill_all, spawn, stop_group, tagged
 from fmnist.tools import sweep
 from fmnist.tools.grid import combinations
-from fmnist.tools.sweep import TAG_ENV, split_override, with_threads
+from fmnist.tools.sweep import TAG_ENV, split_override
 
 from .test_faults import wait_for
 from .workflow_repo import BIN, committed_repo, copy_repo, dvc, ran_stages
@@ -134,24 +134,19 @@ def test_a_killed_tools_workers_are_stopped_by_stop(repo):
     assert not any(line.split()[-1] == "Running" for line in unfinished(repo))
 
 
-def test_one_and_two_threads_are_two_runs_for_dvc(repo):
-    first = dvc("exp", "run", "-S", "runtime.threads=1", cwd=repo)
-    second = dvc("exp", "run", "-S", "runtime.threads=2", cwd=repo)
+def test_two_thread_counts_are_two_runs_for_dvc(repo):
+    # The committed params run one thread: two and three are new runs, each trained.
+    first = dvc("exp", "run", "-S", "runtime.threads=2", cwd=repo)
+    second = dvc("exp", "run", "-S", "runtime.threads=3", cwd=repo)
     for output in (first, second):
         assert "train@model_2" in ran_stages(output)  # trained, not restored from the other
-    assert json.loads((repo / "models" / "model_2.json").read_text())["threads"] == 2
-    again = dvc("exp", "run", "-S", "runtime.threads=1", cwd=repo)
-    assert ran_stages(again) == []  # the same params: the 1-thread run, restored
+    assert json.loads((repo / "models" / "model_2.json").read_text())["threads"] == 3
+    again = dvc("exp", "run", "-S", "runtime.threads=2", cwd=repo)
+    assert ran_stages(again) == []  # the same params: the 2-thread run, restored
     assert "Stage 'train@model_2' is cached" in again
 
 
-def test_the_sweep_sets_the_thread_count_as_a_param_unless_it_sweeps_it():
-    assert with_threads(["models.model_2.lr=0.1,0.2"], 3) == [
-        "models.model_2.lr=0.1,0.2",
-        "runtime.threads=3",
-    ]
-    assert with_threads(["runtime.threads=1,2"], 3) == ["runtime.threads=1,2"]
-    assert with_threads(["models.model_2.lr=0.1,0.2"], 0) == ["models.model_2.lr=0.1,0.2"]
+def test_an_override_splits_at_its_first_equals_sign():
     assert split_override("params.yaml:data.sources=http://127.0.0.1:8000/") == (
         "data.sources",
         "http://127.0.0.1:8000/",
@@ -200,14 +195,14 @@ def test_a_value_with_a_colon_reaches_the_table_and_the_csv(tmp_path, monkeypatc
     }
     fake_dvc(monkeypatch, [good])
     monkeypatch.chdir(tmp_path)
-    experiments = sweep.sweep(["runtime.device=cpu,cuda:1"], 1, 1, 5, tmp_path / "out")
+    experiments = sweep.sweep(["runtime.device=cpu,cuda:1"], 1, 5, tmp_path / "out")
     assert [(e.name, e.status) for e in experiments] == [(GOOD, "Success"), (BAD, "Failed")]
     out = capsys.readouterr().out
     assert "cuda:1" in out and "50.00%" in out
     assert f"{BAD} failed: error: no such device cuda:1" in out
     csv = (tmp_path / "out" / "sweep.csv").read_text().splitlines()
-    assert csv[0] == "experiment,state,runtime.device,runtime.threads,model_2 accuracy,model_2 loss"
-    assert csv[2] == f"{BAD},Failed,cuda:1,1,-,-"
+    assert csv[0] == "experiment,state,runtime.device,model_2 accuracy,model_2 loss"
+    assert csv[2] == f"{BAD},Failed,cuda:1,-,-"
     assert (tmp_path / "out" / "sweep.png").is_file()
 
 
@@ -217,7 +212,7 @@ def test_no_chart_is_claimed_or_left_over_when_nothing_has_metrics(tmp_path, mon
     stale = tmp_path / "out" / "sweep.png"
     stale.parent.mkdir()
     stale.write_bytes(b"an older sweep's chart")
-    sweep.sweep(["runtime.device=cpu,cuda:1"], 1, 1, 5, tmp_path / "out")
+    sweep.sweep(["runtime.device=cpu,cuda:1"], 1, 5, tmp_path / "out")
     out = capsys.readouterr().out
     assert "sweep.png" not in out and "no chart" in out
     assert not stale.exists()
@@ -251,7 +246,7 @@ def test_a_killed_runs_leftover_entry_of_a_finished_experiment_is_dropped(
     monkeypatch.setattr(sweep, "run_dvc", dvc)
     monkeypatch.setattr(sweep, "workspace_tree", lambda: "")
     monkeypatch.chdir(tmp_path)
-    sweep.sweep(["runtime.device=cpu,cuda:1"], 1, 0, 5, tmp_path / "out")
+    sweep.sweep(["runtime.device=cpu,cuda:1"], 1, 5, tmp_path / "out")
     assert ("queue", "kill", "--force", GOOD) in calls
     assert ("queue", "remove", GOOD) in calls
     assert not any(call[:3] == ("exp", "run", "--queue") for call in calls)  # nothing ran again

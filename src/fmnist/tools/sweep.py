@@ -3,7 +3,7 @@
     fmnist-sweep --jobs 2 -S 'models.model_2.lr=0.05,0.1' -S 'models.model_0.lr=0.1,0.2'
 
 queues every combination (`dvc exp run --queue`), each as an experiment named after its values,
-with `runtime.threads` set to its share of the cores, starts `dvc queue start --jobs N`, waits
+starts `dvc queue start --jobs N`, waits
 for every experiment to end, prints a table of the swept params and each model's test accuracy
 and loss, draws them, and shows the log (`dvc queue logs`) of any experiment that failed. A
 combination that already ran under the commit is kept, not run again. On Ctrl-C, SIGTERM, its
@@ -36,7 +36,6 @@ from typing import Any
 from fmnist.pipeline.atomic import write_text
 from fmnist.pipeline.cli import command_parser, entry_point, positive_int_arg
 from fmnist.pipeline.errors import PipelineError
-from fmnist.pipeline.params import load_params
 from fmnist.pipeline.paths import METRICS_FILE
 from fmnist.pipeline.processes import kill_all, tagged
 from fmnist.tools.dvc_command import run_dvc
@@ -64,7 +63,6 @@ DVC_FAILURES = (
 # tag in their environment (and so in that of every experiment and stage they start) finds them.
 # Its value is the repository's folder: a sweep, or `--stop`, finds those of its own repository.
 TAG_ENV = "FMNIST_SWEEP"
-THREADS_KEY = "runtime.threads"
 KILL_GRACE_S = 2.0  # SIGTERM, then SIGKILL: a worker on SIGTERM would wait for its experiment
 KILL_ROUNDS = 3  # a worker may start one more process while it is being stopped
 STOP_WAIT_S = 15.0  # for idle workers to leave after `dvc queue stop`
@@ -84,40 +82,23 @@ class Experiment:
     error: str = ""
 
 
-def run_threads(jobs: int, threads: int = 0) -> int:
-    """Torch threads for each experiment: `threads`, or the cores shared out between `jobs`."""
-    return threads or max(1, len(os.sched_getaffinity(0)) // jobs)
-
-
 def sweep_tag() -> str:
     """The value of TAG_ENV for sweeps in the current repository: its folder."""
     return str(Path.cwd().resolve())
 
 
-def worker_env(
-    jobs: int, threads: int = 0, base: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """The environment for `jobs` queue workers: the cores shared out, the library of each copy."""
+def worker_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for the queue's workers: the tag that finds them, each copy's library."""
+    # Nothing here changes what an experiment computes: its stages take their threads and
+    # kernels from params.yaml alone (runtime.threads, runtime.numerics). Sharing the cores out
+    # between workers is a choice DVC sees: sweep `-S runtime.threads=1` with `--jobs 2`.
     env = dict(os.environ if base is None else base)
-    # The stages take their thread count from runtime.threads, which the sweep sets (DVC tracks
-    # it, so a run-cache entry never stands for a run with another count). OMP_NUM_THREADS only
-    # keeps the rest (DVC, data loading) from starting a thread per core in every worker.
-    env["OMP_NUM_THREADS"] = str(run_threads(jobs, threads))
     # A relative entry, so that each experiment imports the library from its own temporary
     # copy of the repository (the code DVC hashed), not from an install of the workspace.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, ["src", env.get("PYTHONPATH")]))
     env["DVC_NO_ANALYTICS"] = "1"
     env[TAG_ENV] = sweep_tag()
     return env
-
-
-def with_threads(overrides: Sequence[str], threads: int) -> list[str]:
-    """The overrides with `runtime.threads=threads` added, unless 0 or swept themselves."""
-    # 0: one worker with every core, as `dvc repro` runs: params.yaml's own setting holds, so
-    # an experiment re-runs only the stages of what it changes.
-    if not threads or THREADS_KEY in sweep_keys(overrides):
-        return list(overrides)
-    return [*overrides, f"{THREADS_KEY}={threads}"]
 
 
 def split_override(override: str) -> tuple[str, str]:
@@ -515,7 +496,6 @@ def share(
 def sweep(
     overrides: Sequence[str],
     jobs: int,
-    threads: int,
     timeout_s: float,
     out: Path | None,
     part: tuple[int, int] = (1, 1),
@@ -527,17 +507,15 @@ def sweep(
     A combination whose experiment exists under this commit (here, or on `git_remote`) is not
     run again. With `git_remote`, the experiments are pushed there at the end.
     """
-    env = worker_env(jobs, threads)
+    env = worker_env()
     not_busy(env)
     index, count = part
     if count > 1 or git_remote:
         clean_workspace()
     combos = combinations(overrides, workspace_tree())
     mine = shard(combos, index, count)
-    each = run_threads(jobs, threads) if threads or jobs > 1 else 0
-    extra = with_threads(overrides, each)[len(overrides) :]
-    keys = sweep_keys([*overrides, *extra])
-    queued = {c.name: [*c.overrides, *extra] for c in mine}
+    keys = sweep_keys(overrides)
+    queued = {c.name: list(c.overrides) for c in mine}
     names = list(queued)
     portion = f"shard {index}/{count}: {len(names)} of " if count > 1 else ""
     print(f"{portion}the grid's {len(combos)} experiments: {', '.join(names)}", flush=True)
@@ -566,10 +544,7 @@ def sweep(
             for name in todo:
                 queue(queued[name], name, env)
             print(f"queued {len(todo)}: {', '.join(todo)}", flush=True)
-            if each:
-                print(f"running them with {jobs} workers of {each} threads each ({THREADS_KEY})")
-            else:
-                print(f"running them with 1 worker, {THREADS_KEY} as params.yaml sets it")
+            print(f"running them with {jobs} worker{'s' if jobs > 1 else ''}", flush=True)
             # Nothing but `dvc queue status` runs while the workers do: `dvc exp show` fails now
             # and then when it runs meanwhile, and takes git locks the workers need (dvc#8763).
             states.update(run_queue(todo, jobs, env, timeout_s, seen))
@@ -611,7 +586,7 @@ def gather(
     overrides: Sequence[str], git_remote: str, remote: str | None, out: Path | None
 ) -> list[Experiment]:
     """Fetch a grid's experiments that shards pushed to `git_remote`; print and write the table."""
-    env = worker_env(1)
+    env = worker_env()
     combos = combinations(overrides)
     names = [c.name for c in combos]
     queued = {c.name: list(c.overrides) for c in combos}
@@ -638,23 +613,17 @@ def gather(
     )
     states = {name: "Success" if name in found else "Missing" for name in names}
     keys = sweep_keys(overrides)
-    experiments = summarise(names, states, queued, [*keys, THREADS_KEY], env)
+    experiments = summarise(names, states, queued, keys, env)
     for e in experiments:
         if e.status == "Missing":
             e.error = f"not on {git_remote}: no shard has pushed it yet"
-    # The thread count changes results: show it when some shard set it (`--jobs`, `--threads`).
-    own = load_params().runtime.threads
-    if THREADS_KEY not in keys and any(
-        e.params.get(THREADS_KEY) != own for e in experiments if e.metrics
-    ):
-        keys.append(THREADS_KEY)
     report(experiments, keys, out)
     return experiments
 
 
 def stop_repository_sweeps() -> None:
     """End every worker and experiment of sweeps in this repository (for a killed sweep tool)."""
-    env = worker_env(1)
+    env = worker_env()
     with uninterrupted():
         survivors = stop_processes(env[TAG_ENV])
         states, _ = queue_status(env)
@@ -676,7 +645,7 @@ def _terminated(signum: int, frame: object) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The command line: -S overrides as DVC takes them, workers, threads, time limit, output."""
+    """The command line: -S overrides as DVC takes them, workers, time limit, output."""
     p = command_parser(__doc__.split("\n")[0], prog="fmnist-sweep")
     p.add_argument(
         "-S",
@@ -690,12 +659,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="instead: kill the workers and experiments of sweeps in this repository",
     )
-    p.add_argument("-j", "--jobs", type=positive_int_arg, default=1, help="parallel queue workers")
     p.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help=f"{THREADS_KEY} of every experiment (default: the cores divided by --jobs)",
+        "-j",
+        "--jobs",
+        type=positive_int_arg,
+        default=1,
+        help="parallel queue workers; each experiment keeps runtime.threads (sweep it to share)",
     )
     p.add_argument("--timeout-s", type=float, default=6 * 3600, help="give up after this long")
     p.add_argument("--out", type=Path, default=Path("sweep"), help="folder for sweep.csv/png")
@@ -737,8 +706,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if not args.overrides:
         raise PipelineError("give at least one -S KEY=V1,V2,... (or --stop)")
-    if args.threads < 0:
-        raise PipelineError("--threads: expected an integer >= 0 (0: the cores divided by --jobs)")
     # SIGTERM (a CI job cancelled, `kill`) stops the sweep as Ctrl-C does, through its cleanup.
     main_thread = threading.current_thread() is threading.main_thread()
     if main_thread and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
@@ -751,7 +718,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         experiments = sweep(
             args.overrides,
             args.jobs,
-            args.threads,
             args.timeout_s,
             args.out,
             args.shard,
