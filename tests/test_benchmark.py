@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 
 import pytest
@@ -22,11 +23,12 @@ def test_benchmark_times_both_loops_and_writes_the_report(project, tiny_data, ca
 
     out = project / "bench.json"
     argv = ["--epochs", "1", "--models", "model_0", "model_2", "--output", str(out)]
-    assert module.main(argv) == 0
+    assert module.main([*argv, "--numerics", "portable"]) == 0
 
     report = json.loads(out.read_text())
     env = report["environment"]
     assert env["torch"] and env["default_threads"] >= 1 and env["cpu"] and env["device"] == "cpu"
+    assert (env["numerics"], env["kernels"]) == ("portable", "AVX2")
     assert [m["model"] for m in report["models"]] == ["model_0", "model_2"]
     for row in report["models"]:
         assert row["epochs"] == 1 and row["batch_size"] == 16
@@ -37,11 +39,39 @@ def test_benchmark_times_both_loops_and_writes_the_report(project, tiny_data, ca
         assert row["time_ratio"] * row["speedup"] == pytest.approx(1, rel=0.01)
     # Same seed, same batches, same arithmetic: the linear model ends up the same both ways.
     linear = report["models"][0]
-    assert linear["project"]["threads"] == 1  # runtime.threads: 0 picks one for linear models
+    assert linear["project"]["threads"] == 1  # runtime.threads of the tiny params
     assert linear["project"]["test_accuracy"] == linear["lesson"]["test_accuracy"]
     assert abs(linear["project"]["test_loss"] - linear["lesson"]["test_loss"]) < 1e-5
     table = capsys.readouterr().out
     assert "| model_0 (linear) | fp32 |" in table and "| model_2 (tinyvgg) | " in table
+
+
+def test_by_default_the_benchmark_times_each_numerics_mode_in_its_own_process(
+    project, tiny_data, capsys
+):
+    raw = project / "data" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name, content in tiny_data.raw.items():
+        (raw / name).write_bytes(content)
+    out = project / "bench.json"
+    argv = ["--epochs", "1", "--models", "model_2", "--output", str(out)]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/train_speed.py"), *argv],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    runs = report["numerics"]
+    assert set(runs) == {"portable", "native"}
+    assert runs["portable"]["environment"]["kernels"] == "AVX2"
+    assert runs["native"]["environment"]["numerics"] == "native"
+    from fmnist.tools.benchmark import format_numerics_table
+
+    table = format_numerics_table(runs)
+    assert table in done.stdout and "| model_2 (tinyvgg) | fp32 |" in table
 
 
 def test_pipeline_timing_runs_each_stage_command_without_dvc(

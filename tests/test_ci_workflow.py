@@ -56,9 +56,11 @@ def test_steps_install_lint_test_check_the_lock_pull_run_push_then_report():
     order = [
         index_of(r"apt-get install .*dataset-fashion-mnist"),
         index_of(r"\bmake setup\b"),
+        index_of(r"\bmake env-check\b"),
         index_of(r"\bmake lint\b"),
         index_of(r"\bmake test\b"),
         index_of(r"\bmake lock-check\b"),
+        index_of(r"\bmake verify\b"),
         index_of(r"dvc remote add --local --default"),
         index_of(r"dvc pull --run-cache"),
         index_of(r"\bmake repro\b"),

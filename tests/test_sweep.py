@@ -175,7 +175,7 @@ def test_a_diverging_experiment_is_reported_and_the_others_complete(
         metrics = rows[other][0]["data"]["metrics"]["metrics.json"]["data"]
         assert 0 <= metrics["model_0"]["accuracy"] <= 1
         # Two workers, and still only model_0's stages ran: the sweep changed no other param.
-        log = sweep.queue_log(other, sweep.worker_env())
+        log = dvc("queue", "logs", other, cwd=root)
         assert set(ran_stages(log)) == {"train@model_0", "evaluate@model_0", "compare"}, log
     assert workers(root) == []
 

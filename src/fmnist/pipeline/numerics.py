@@ -68,15 +68,16 @@ def pin(mode: str, threads: int) -> None:
             os.environ[key] = value
 
 
-def verify(mode: str) -> str:
+def verify(mode: str, setting: str = "runtime.numerics") -> str:
     """Check, after torch's import, that it runs the kernels `mode` promises; return them."""
+    # `setting` names where the mode came from (params' key, a tool's option) in the error.
     import torch
 
     capability = torch.backends.cpu.get_cpu_capability()
     if mode == PORTABLE and capability != CAPABILITY:
         raise PipelineError(
-            f"runtime.numerics: portable runs torch's AVX2 kernels, which this CPU "
-            f"({platform.machine()}, {capability}) cannot; set runtime.numerics: native to run "
-            "with its own kernels, whose bytes differ from the committed dvc.lock"
+            f"{setting}: portable runs torch's AVX2 kernels, which this CPU "
+            f"({platform.machine()}, {capability}) cannot; choose native to run with its own "
+            "kernels, whose results differ from other machines' (and the committed dvc.lock)"
         )
     return capability

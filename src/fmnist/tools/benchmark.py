@@ -161,7 +161,7 @@ def compare_model(
     seed: int,
     device: torch.device,
     eval_batch_size: int,
-    threads: int = 0,
+    threads: int = 1,
 ) -> dict[str, object]:
     """Train a model both ways; report each run and the ratio project/lesson of wall time."""
     # The engine goes first: a process runs faster once its allocator and caches are warm, and
@@ -215,4 +215,34 @@ def format_table(results: list[dict[str, object]]) -> str:
             f"| {project['seconds']:.1f} | {r['time_ratio']:.3f} | {r['speedup']:.1f}x "
             f"| {lesson['test_accuracy']:.2%} | {project['test_accuracy']:.2%} |"
         )
+    return "\n".join(lines)
+
+
+def format_numerics_table(reports: dict[str, dict[str, object]]) -> str:
+    """A Markdown table of the portable and native runs side by side, one row per model."""
+    # The lesson's loop as the course runs it: with torch's own kernels, in the native process.
+    lesson_side = reports.get("native") or next(iter(reports.values()))
+    lessons = {r["model"]: r["lesson"] for r in lesson_side["models"]}
+    runs = {mode: {r["model"]: r for r in report["models"]} for mode, report in reports.items()}
+    portable, native = runs.get("portable", {}), runs.get("native", {})
+    lines = [
+        "| model | compute dtype | lesson loop (s) | native (s) | portable (s) | portable/native "
+        "| portable speed-up over the lesson | native accuracy | portable accuracy |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for name, lesson in lessons.items():
+        p, n = portable.get(name), native.get(name)
+        row = p or n
+        cells = [
+            f"{name} ({row['arch']})",
+            str(row["compute_dtype"]),
+            f"{lesson['seconds']:.1f}",
+            f"{n['project']['seconds']:.1f}" if n else "-",
+            f"{p['project']['seconds']:.1f}" if p else "-",
+            f"{p['project']['seconds'] / n['project']['seconds']:.2f}" if p and n else "-",
+            f"{lesson['seconds'] / p['project']['seconds']:.1f}x" if p else "-",
+            f"{n['project']['test_accuracy']:.2%}" if n else "-",
+            f"{p['project']['test_accuracy']:.2%}" if p else "-",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from fmnist.pipeline import paths
+from fmnist.pipeline import numerics, paths
 from fmnist.pipeline.cli import command_parser, debugging, positive_int_arg
 from fmnist.pipeline.errors import PipelineError
+from fmnist.pipeline.params import NUMERICS, PORTABLE
 from fmnist.tools.images import ImageError, load_image
 
 DEFAULT_MODEL = "model_2"
@@ -63,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default="cpu", help="cpu (default), cuda, mps, or auto for the best one"
     )
     parser.add_argument(
+        "--numerics",
+        choices=NUMERICS,
+        default=PORTABLE,
+        help="torch's AVX2 kernels, the same probabilities on every x86-64 CPU (portable, the "
+        "default), or the machine's own (native), as runtime.numerics in params.yaml",
+    )
+    parser.add_argument(
         "--top-k", type=positive_int_arg, default=3, help="classes to show per image (default 3)"
     )
     polarity = parser.add_mutually_exclusive_group()
@@ -88,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_classifier(weights: str | Path, device: str = "cpu") -> Classifier:
+def load_classifier(
+    weights: str | Path, device: str = "cpu", numerics_mode: str = PORTABLE
+) -> Classifier:
     """Load weights as their sidecar describes, without running pickled code."""
     weights = Path(weights)
     if not weights.is_file():
@@ -96,9 +106,12 @@ def load_classifier(weights: str | Path, device: str = "cpu") -> Classifier:
             f"{weights}: no such weights file (train the models with `dvc repro`, "
             "or point --weights at one)"
         )
+    # One image at a time: one thread, and the kernels set before torch is first imported.
+    numerics.pin(numerics_mode, threads=1)
     from fmnist.pipeline.checkpoint import load_checkpoint
     from fmnist.pipeline.runtime import resolve_device
 
+    numerics.verify(numerics_mode, setting="--numerics")
     torch_device = resolve_device(device, setting="--device")
     model, meta = load_checkpoint(weights, torch_device)
     classes = meta.get("classes")
@@ -137,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     weights = args.weights or paths.weights_path(args.model)
     debug = debugging(argv)
     try:
-        classifier = load_classifier(weights, args.device)
+        classifier = load_classifier(weights, args.device, args.numerics)
     except PipelineError as exc:
         if debug:
             raise
