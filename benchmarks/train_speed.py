@@ -30,18 +30,27 @@ from fmnist.pipeline.params import COMPUTE_DTYPES, NUMERICS, PORTABLE, load_para
 log = logging.getLogger("fmnist.benchmark")
 
 
-def each_mode(argv: Sequence[str], modes: Sequence[str], output: str | None) -> int:
-    """Run this benchmark once per numerics mode, each in its own process; print both."""
-    from fmnist.tools.benchmark import format_numerics_table
+def each_mode(argv: Sequence[str], modes: Sequence[str], repeat: int, output: str | None) -> int:
+    """Run this benchmark per numerics mode, each in its own process, `repeat` rounds of them in
+    turn; print and write each mode's run with the median project time."""
+    from fmnist.tools.benchmark import format_numerics_table, median_run
 
-    reports = {}
+    runs: dict[str, list[dict]] = {mode: [] for mode in modes}
     with tempfile.TemporaryDirectory(prefix="fmnist-bench-") as tmp:
-        for mode in modes:
-            out = Path(tmp) / f"{mode}.json"
-            cmd = [sys.executable, __file__, *argv, "--numerics", mode, "--output", str(out)]
-            subprocess.run(cmd, check=True)
-            reports[mode] = json.loads(out.read_text())
-    report = {"environment": reports[modes[0]]["environment"], "numerics": reports}
+        # Round after round, the modes in turn: a machine whose speed drifts (other jobs, clock)
+        # then weighs on each mode alike.
+        for round_ in range(repeat):
+            for mode in modes:
+                out = Path(tmp) / f"{mode}-{round_}.json"
+                cmd = [sys.executable, __file__, *argv, "--numerics", mode, "--output", str(out)]
+                subprocess.run(cmd, check=True)
+                runs[mode].append(json.loads(out.read_text()))
+    reports = {mode: median_run(reports) for mode, reports in runs.items()}
+    report = {
+        "environment": reports[modes[0]]["environment"],
+        "repeat": repeat,
+        "numerics": reports,
+    }
     if output:
         write_json(output, report)
     print(format_numerics_table(reports))
@@ -65,13 +74,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         help="time this mode only, in this process (default: each mode in its own process)",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of every mode, in turn; each model's median run is reported (default 1)",
+    )
     parser.add_argument("--output", help="write the report as JSON here too")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     modes = list(dict.fromkeys(args.numerics or NUMERICS))
     if len(modes) > 1:
+        if args.repeat < 1:
+            parser.error("--repeat must be > 0")
         given = list(sys.argv[1:] if argv is None else argv)
-        return each_mode(_without_output(given), modes, args.output)
+        return each_mode(_without(given, ("--output", "--repeat")), modes, args.repeat, args.output)
     (mode,) = modes
     if mode == PORTABLE and args.compute_dtype not in (None, "fp32"):
         parser.error("the portable numerics compute in fp32 only")
@@ -125,15 +142,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _without_output(argv: list[str]) -> list[str]:
-    """The arguments less --output: each mode's process writes its own report."""
+def _without(argv: list[str], options: Sequence[str]) -> list[str]:
+    """The arguments less `options` and their values (each mode's process gets its own)."""
     kept, skip = [], False
     for arg in argv:
         if skip:
             skip = False
-        elif arg == "--output":
+        elif arg in options:
             skip = True
-        elif not arg.startswith("--output="):
+        elif not arg.startswith(tuple(f"{option}=" for option in options)):
             kept.append(arg)
     return kept
 
