@@ -17,6 +17,7 @@ from fmnist.pipeline.comparison import (
 from fmnist.pipeline.figures import accuracy_bars, confusion_png, prediction_grid, sample_grid
 from fmnist.pipeline.idx import read_split
 from fmnist.pipeline.params import load_params
+from fmnist.pipeline.processes import tie_to_parent
 
 log = logging.getLogger("fmnist.compare")
 
@@ -74,4 +75,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    tie_to_parent()  # run by DVC: die with it, never outlive a killed `dvc repro`
     main()

@@ -7,6 +7,7 @@ from fmnist.pipeline.cli import entry_point, stage_parser
 from fmnist.pipeline.download import fetch_dataset
 from fmnist.pipeline.params import load_params
 from fmnist.pipeline.paths import RAW_DIR
+from fmnist.pipeline.processes import tie_to_parent
 
 log = logging.getLogger("fmnist.download")
 
@@ -22,4 +23,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    tie_to_parent()  # run by DVC: die with it, never outlive a killed `dvc repro`
     main()

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from fmnist.pipeline import numerics
 from fmnist.pipeline.cli import entry_point, stage_parser
 from fmnist.pipeline.params import load_params
+from fmnist.pipeline.processes import tie_to_parent
 
 log = logging.getLogger("fmnist.evaluate")
 
@@ -72,4 +73,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    tie_to_parent()  # run by DVC: die with it, never outlive a killed `dvc repro`
     main()

@@ -7,6 +7,7 @@ from fmnist.pipeline.cli import entry_point, stage_parser
 from fmnist.pipeline.data import read_raw, save_prepared, write_class_counts
 from fmnist.pipeline.params import load_params
 from fmnist.pipeline.paths import CLASS_COUNTS_CSV, PREPARED_DIR, RAW_DIR
+from fmnist.pipeline.processes import tie_to_parent
 
 log = logging.getLogger("fmnist.prepare")
 
@@ -23,4 +24,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    tie_to_parent()  # run by DVC: die with it, never outlive a killed `dvc repro`
     main()

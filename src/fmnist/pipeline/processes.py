@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -58,6 +59,33 @@ def die_with_launcher(sig: int = signal.SIGKILL) -> None:
     prctl = _prctl()
     if prctl is not None:
         prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
+_tied = threading.Event()
+ORPHAN_POLL_S = 0.5
+
+
+def tie_to_parent() -> None:
+    """End this process as soon as its parent (DVC, the shell DVC started) dies, by any signal.
+
+    A stage that outlived a killed `dvc repro` would go on and overwrite what a later run wrote.
+    The kernel's parent-death SIGKILL stops it at once on Linux; elsewhere, and as a second
+    guard, a thread notices the new parent and exits before anything more is written.
+    """
+    if _tied.is_set():
+        return
+    _tied.set()
+    parent = os.getppid()
+    die_with_launcher()
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(ORPHAN_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
 
 
 def spawn(argv: Sequence[str], **popen: Any) -> subprocess.Popen:
