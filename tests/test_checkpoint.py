@@ -188,9 +188,9 @@ def test_a_file_holding_a_tensor_not_a_state_dict_is_rejected(tmp_path):
     ("key", "value", "message"),
     [
         ("arch", "resnet", "arch: expected one of linear, linear_relu, tinyvgg; got 'resnet'"),
-        ("hidden_units", -4, "hidden_units: expected an integer > 0, got -4"),
-        ("hidden_units", "4", "hidden_units: expected an integer > 0, got '4'"),
-        ("num_classes", True, "num_classes: expected an integer > 0, got True"),
+        ("hidden_units", -4, "hidden_units: expected an integer from 1 to 1024, got -4"),
+        ("hidden_units", "4", "hidden_units: expected an integer from 1 to 1024, got '4'"),
+        ("num_classes", True, "num_classes: expected an integer from 2 to 1000, got True"),
     ],
 )
 def test_a_sidecar_describing_an_impossible_model_is_rejected(tmp_path, key, value, message):

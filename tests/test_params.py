@@ -19,6 +19,9 @@ def raw() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
+FLOAT32_LR = "expected a number from 1.175e-38 to 3.403e+38 (a float32 above 0)"
+
+
 def test_project_params_load(raw):
     params = parse_params(raw)
     assert list(params.models) == ["model_0", "model_1", "model_2"]
@@ -41,19 +44,43 @@ def _mutate(raw: dict, path: str, value) -> dict:
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
-        ("models.model_2.lr", -0.1, "models.model_2.lr: expected a number > 0, got -0.1"),
-        ("models.model_2.lr", "fast", "models.model_2.lr: expected a number > 0"),
-        ("models.model_0.epochs", 0, "models.model_0.epochs: expected an integer > 0, got 0"),
-        ("models.model_0.batch_size", 2.5, "models.model_0.batch_size: expected an integer > 0"),
+        (
+            "models.model_2.lr",
+            -0.1,
+            f"models.model_2.lr: {FLOAT32_LR}, got -0.1",
+        ),
+        (
+            "models.model_2.lr",
+            "fast",
+            f"models.model_2.lr: {FLOAT32_LR}",
+        ),
+        (
+            "models.model_0.epochs",
+            0,
+            "models.model_0.epochs: expected an integer from 1 to 1000, got 0",
+        ),
+        (
+            "models.model_0.batch_size",
+            2.5,
+            "models.model_0.batch_size: expected an integer from 1 to 8192",
+        ),
         ("models.model_1.hidden_units", True, "models.model_1.hidden_units: expected an integer"),
         ("models.model_1.arch", "resnet", "models.model_1.arch: expected one of linear"),
         ("runtime.device", "tpu", "runtime.device: expected one of auto, cpu, cuda, mps"),
-        ("runtime.processes", 0, "runtime.processes: expected an integer > 0, got 0"),
-        ("eval.batch_size", 0, "eval.batch_size: expected an integer > 0"),
-        ("curves.loss_every", 0, "curves.loss_every: expected an integer > 0, got 0"),
-        ("gate.max_accuracy_drop", -1, "gate.max_accuracy_drop: expected a number >= 0, got -1"),
+        ("runtime.processes", 0, "runtime.processes: expected an integer from 1 to 64, got 0"),
+        ("eval.batch_size", 0, "eval.batch_size: expected an integer from 1 to 10000"),
+        ("curves.loss_every", 0, "curves.loss_every: expected an integer from 1 to 100000, got 0"),
+        (
+            "gate.max_accuracy_drop",
+            -1,
+            "gate.max_accuracy_drop: expected a number from 0 to 100, got -1",
+        ),
         ("data.sources", [], "data.sources: expected a non-empty list"),
-        ("data.timeout_s", float("nan"), "data.timeout_s: expected a number > 0"),
+        (
+            "data.timeout_s",
+            float("nan"),
+            "data.timeout_s: expected a number above 0 and up to 3600",
+        ),
         ("data.sha256.t10k-labels-idx1-ubyte", "abc", "data.sha256.t10k-labels-idx1-ubyte"),
         ("models", {}, "models: expected a non-empty mapping"),
     ],
@@ -90,11 +117,19 @@ M = "models.model_0"
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
-        (f"{M}.hidden_units", 0, f"{M}.hidden_units: expected an integer > 0, got 0"),
-        ("models.model_2.lr", 0, "models.model_2.lr: expected a number > 0, got 0"),
-        ("models.model_2.lr", float("inf"), "models.model_2.lr: expected a number > 0, got inf"),
-        (f"{M}.epochs", -3, f"{M}.epochs: expected an integer > 0, got -3"),
-        (f"{M}.batch_size", "32", f"{M}.batch_size: expected an integer > 0, got '32'"),
+        (f"{M}.hidden_units", 0, f"{M}.hidden_units: expected an integer from 1 to 1024, got 0"),
+        (
+            "models.model_2.lr",
+            0,
+            f"models.model_2.lr: {FLOAT32_LR}, got 0",
+        ),
+        (
+            "models.model_2.lr",
+            float("inf"),
+            f"models.model_2.lr: {FLOAT32_LR}, got inf",
+        ),
+        (f"{M}.epochs", -3, f"{M}.epochs: expected an integer from 1 to 1000, got -3"),
+        (f"{M}.batch_size", "32", f"{M}.batch_size: expected an integer from 1 to 8192, got '32'"),
         (
             f"{M}.arch",
             "resnet",
@@ -107,7 +142,7 @@ M = "models.model_0"
             2**64,
             f"runtime.seed: expected an integer from 0 to 2**64 - 1, got {2**64}",
         ),
-        ("data.timeout_s", 0, "data.timeout_s: expected a number > 0, got 0"),
+        ("data.timeout_s", 0, "data.timeout_s: expected a number above 0 and up to 3600, got 0"),
         (
             "data.sources",
             "/srv/data",
@@ -184,7 +219,7 @@ def test_params_yaml_is_read_as_dvc_reads_it(tmp_path, raw):
     assert load_params(path).model("model_0").lr == 0.001
     path.write_text(text.replace("lr: 0.1", "lr: '1e-3'", 1))
     with pytest.raises(
-        PipelineError, match=r"^models\.model_0\.lr: expected a number > 0, got '1e-3'"
+        PipelineError, match=r"^models\.model_0\.lr: expected a number from .*, got '1e-3'"
     ):
         load_params(path)
     # A key given twice is an error, not a silent "last one wins".
@@ -209,7 +244,7 @@ BAD = {
     "negative lr": (
         "models.model_0.lr",
         -0.1,
-        "models.model_0.lr: expected a number > 0, got -0.1",
+        f"models.model_0.lr: {FLOAT32_LR}, got -0.1",
     ),
     "unknown arch": (
         "models.model_0.arch",
@@ -218,7 +253,11 @@ BAD = {
     ),
     "unknown key": ("runtime.colour", "blue", "runtime.colour: unknown key (allowed: device, seed"),
     "no models": ("models", {}, "models: expected a non-empty mapping of model sections, got {}"),
-    "zero epochs": ("models.model_0.epochs", 0, "models.model_0.epochs: expected an integer > 0"),
+    "zero epochs": (
+        "models.model_0.epochs",
+        0,
+        "models.model_0.epochs: expected an integer from 1 to 1000",
+    ),
 }
 
 
@@ -294,6 +333,36 @@ def test_stage_processes_with_bad_params_print_one_line_and_exit_1(tmp_path, tin
     for stage, proc in procs.items():
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 1, (stage, err)
-        assert err == "error: models.model_0.lr: expected a number > 0, got -0.1\n", (stage, err)
+        assert err == f"error: models.model_0.lr: {FLOAT32_LR}, got -0.1\n", (stage, err)
         assert out == ""
         assert [p.name for p in (tmp_path / stage).iterdir()] == ["params.yaml"], stage
+
+
+# Values that passed validation once and then failed deep inside torch, libgomp or a float32
+# cast, with a traceback (or, for the threads, an out-of-memory abort and no `error:` line).
+BEYOND = {
+    "hidden_units": ("models.model_0.hidden_units", 10**12, "an integer from 1 to 1024"),
+    "lr": ("models.model_0.lr", 1e308, FLOAT32_LR.removeprefix("expected ")),
+    "threads": ("runtime.threads", 10**9, "an integer from 0 to 256"),
+    "processes": ("runtime.processes", 100_000, "an integer from 1 to 64"),
+}
+
+
+@pytest.mark.parametrize("case", BEYOND)
+def test_a_value_beyond_what_the_code_can_run_is_one_line_before_any_work(
+    case, tmp_path, prepared_tiny, tiny_data
+):
+    key, value, allowed = BEYOND[case]
+    shutil.copytree(prepared_tiny, tmp_path, dirs_exist_ok=True)
+    write_params(tmp_path / "params.yaml", _mutate(tiny_params(tiny_data), key, value))
+    before = tree(tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "train.py"), "--model", "model_0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == f"error: {key}: expected {allowed}, got {value!r}\n"
+    assert tree(tmp_path) == before

@@ -352,3 +352,23 @@ def test_help_runs_and_importing_does_not_load_torch():
     probe = "import sys, fmnist.tools.predict; print('torch' in sys.modules)"
     imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert imported.stdout.strip() == "False"
+
+
+def test_a_hostile_sidecar_is_refused_before_anything_is_allocated(weights, tmp_path):
+    # 10**12 hidden units would take the machine's memory before any shape is compared.
+    hostile = tmp_path / "model.pth"
+    hostile.write_bytes(weights.read_bytes())
+    meta = json.loads(weights.with_suffix(".json").read_text())
+    hostile.with_suffix(".json").write_text(json.dumps({**meta, "hidden_units": 10**12}))
+    image = save(item_image(), tmp_path / "item.png")
+    done = subprocess.run(
+        [sys.executable, "-m", "fmnist.tools.predict", "--weights", str(hostile), str(image)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"error: {hostile.with_suffix('.json')}: hidden_units: expected an integer from 1 to "
+        "1024, got 1000000000000\n"
+    )

@@ -14,10 +14,22 @@ from torch import nn
 from fmnist.pipeline.atomic import atomic_open, read_json, write_json
 from fmnist.pipeline.errors import PipelineError
 from fmnist.pipeline.models import build_model
-from fmnist.pipeline.params import ARCHITECTURES, RENAMED_MODEL_KEYS, ModelParams, positive_int
+from fmnist.pipeline.params import (
+    ARCHITECTURES,
+    HIDDEN_UNITS_MAX,
+    RENAMED_MODEL_KEYS,
+    ModelParams,
+    int_in,
+)
 
 FORMAT_VERSION = 2
 ARCH_KEYS = ("arch", "hidden_units", "in_channels", "image_size", "num_classes")
+SIDECAR_RANGES = {
+    "hidden_units": (1, HIDDEN_UNITS_MAX),
+    "in_channels": (1, 4),
+    "image_size": (4, 256),  # TinyVGG halves it twice
+    "num_classes": (2, 1000),
+}
 
 
 def sidecar_path(weights: str | Path) -> Path:
@@ -72,8 +84,10 @@ def load_metadata(weights: str | Path) -> dict[str, Any]:
         raise PipelineError(
             f"{path}: arch: expected one of {', '.join(ARCHITECTURES)}; got {meta['arch']!r}"
         )
+    # Checked before anything is allocated: a hostile sidecar's 10**12 hidden units would
+    # otherwise take the machine's memory before any shape is compared.
     for key in ARCH_KEYS[1:]:
-        positive_int(meta[key], f"{path}: {key}")
+        int_in(meta[key], f"{path}: {key}", *SIDECAR_RANGES[key])
     return meta
 
 

@@ -26,6 +26,18 @@ PORTABLE, NATIVE = "portable", "native"
 NUMERICS = (PORTABLE, NATIVE)
 # The files to checksum, in the order the pipeline fetches them.
 DATA_FILES = tuple(name for names in IDX_FILES.values() for name in names)
+# The ranges the code can run, checked before any work: a value beyond them would fail deep in
+# the allocator, in libgomp or in a float32 cast, with a traceback. Each is far beyond the lesson.
+HIDDEN_UNITS_MAX = 1024
+EPOCHS_MAX = 1000
+BATCH_SIZE_MAX = 8192
+EVAL_BATCH_SIZE_MAX = 10_000  # the test set's size
+THREADS_MAX = 256
+PROCESSES_MAX = 64
+LOSS_EVERY_MAX = 100_000
+TIMEOUT_S_MAX = 3600.0
+# A learning rate becomes a float32 in the SGD step: it must be a normal, finite float32.
+FLOAT32_TINY, FLOAT32_MAX = 1.1754943508222875e-38, 3.4028234663852886e38
 log = logging.getLogger(__name__)
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -146,10 +158,25 @@ def positive_int(value: Any, where: str) -> int:
     return value
 
 
-def _non_negative_int(value: Any, path: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise PipelineError(f"{path}: expected an integer >= 0, got {value!r}")
+def int_in(value: Any, where: str, low: int, high: int) -> int:
+    """Return `value` if it is an integer from `low` to `high` (a bool is not), or fail."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise PipelineError(f"{where}: expected an integer from {low} to {high}, got {value!r}")
     return value
+
+
+def _ints(low: int, high: int) -> Check:
+    return lambda value, path: int_in(value, path, low, high)
+
+
+def _learning_rate(value: Any, path: str) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not FLOAT32_TINY <= value <= FLOAT32_MAX:
+        raise PipelineError(
+            f"{path}: expected a number from {FLOAT32_TINY:.4g} to {FLOAT32_MAX:.4g} "
+            f"(a float32 above 0), got {value!r}"
+        )
+    return float(value)
 
 
 def _seed(value: Any, path: str) -> int:
@@ -159,18 +186,20 @@ def _seed(value: Any, path: str) -> int:
     return value
 
 
-def _positive_float(value: Any, path: str) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value <= 0:
-        raise PipelineError(f"{path}: expected a number > 0, got {value!r}")
-    return float(value)
+def _floats(low: float, high: float, above_low: bool = False) -> Check:
+    def check(value: Any, path: str) -> float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if (
+            not ok
+            or not math.isfinite(value)
+            or not low <= value <= high
+            or (above_low and value == low)
+        ):
+            kind = f"above {low:g} and up to {high:g}" if above_low else f"from {low:g} to {high:g}"
+            raise PipelineError(f"{path}: expected a number {kind}, got {value!r}")
+        return float(value)
 
-
-def _non_negative_float(value: Any, path: str) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value < 0:
-        raise PipelineError(f"{path}: expected a number >= 0, got {value!r}")
-    return float(value)
+    return check
 
 
 def _choice(*allowed: str) -> Check:
@@ -247,10 +276,10 @@ def _renamed_keys(raw: Any, path: str, renamed: Mapping[str, str]) -> Any:
 
 _MODEL_CHECKS: Mapping[str, Check] = {
     "arch": _choice(*ARCHITECTURES),
-    "hidden_units": positive_int,
-    "lr": _positive_float,
-    "epochs": positive_int,
-    "batch_size": positive_int,
+    "hidden_units": _ints(1, HIDDEN_UNITS_MAX),
+    "lr": _learning_rate,
+    "epochs": _ints(1, EPOCHS_MAX),
+    "batch_size": _ints(1, BATCH_SIZE_MAX),
     "compute_dtype": _choice(*COMPUTE_DTYPES),
 }
 # Keys params.yaml once used, and what replaced them: still read, with a warning.
@@ -300,8 +329,8 @@ def parse_params(raw: Any) -> Params:
                 "device": _choice(*DEVICES),
                 "seed": _seed,
                 "numerics": _choice(*NUMERICS),
-                "threads": _non_negative_int,
-                "processes": positive_int,
+                "threads": _ints(0, THREADS_MAX),
+                "processes": _ints(1, PROCESSES_MAX),
             },
         )
     )
@@ -309,12 +338,20 @@ def parse_params(raw: Any) -> Params:
         **_section(
             top["data"],
             "data",
-            {"sources": _sources, "sha256": _checksums, "timeout_s": _positive_float},
+            {
+                "sources": _sources,
+                "sha256": _checksums,
+                "timeout_s": _floats(0, TIMEOUT_S_MAX, above_low=True),
+            },
         )
     )
-    eval_params = EvalParams(**_section(top["eval"], "eval", {"batch_size": positive_int}))
-    curves = CurvesParams(**_section(top["curves"], "curves", {"loss_every": positive_int}))
-    gate = GateParams(**_section(top["gate"], "gate", {"max_accuracy_drop": _non_negative_float}))
+    eval_params = EvalParams(
+        **_section(top["eval"], "eval", {"batch_size": _ints(1, EVAL_BATCH_SIZE_MAX)})
+    )
+    curves = CurvesParams(
+        **_section(top["curves"], "curves", {"loss_every": _ints(1, LOSS_EVERY_MAX)})
+    )
+    gate = GateParams(**_section(top["gate"], "gate", {"max_accuracy_drop": _floats(0, 100)}))
     models_raw = top["models"]
     if not isinstance(models_raw, dict) or not models_raw:
         raise PipelineError(
