@@ -9,7 +9,14 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-from fmnist.tools.remote import Store, new_store, s3_client, start_server, stop_server
+from fmnist.tools.remote import (
+    Store,
+    new_store,
+    remove_sockets,
+    s3_client,
+    start_server,
+    stop_server,
+)
 
 BUCKET = "team"
 REMOTE = "shared"
@@ -36,6 +43,7 @@ class Server:
         """SIGKILL the server, as a crash or a pulled plug would."""
         if self.pid is not None:
             stop_server(self.pid, grace=0)
+            remove_sockets(self.store)
             self.pid = None
 
     @property

@@ -3,6 +3,8 @@ team's default remote, and keeps its credentials out of other users' reach and o
 
 from __future__ import annotations
 
+import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from fmnist.pipeline.errors import PipelineError
 from fmnist.pipeline.processes import Owned, kill_all, spawn, stop_group
 from fmnist.tools import remote
 
@@ -142,7 +145,8 @@ def test_every_file_holding_the_secret_is_0600_and_no_argv_or_message_shows_it(
 
 
 def test_the_secret_files_are_0600_from_the_first_byte(tmp_path, monkeypatch):
-    # store.json and s3.json: each file is 0600 when it is created, before a byte is written.
+    # store.json, s3.json and the TLS key and certificates: each file is 0600 when it is
+    # created, before a byte is written.
     made: list[tuple[str, int]] = []
     real_open = remote.os.open
 
@@ -154,7 +158,7 @@ def test_the_secret_files_are_0600_from_the_first_byte(tmp_path, monkeypatch):
 
     monkeypatch.setattr(remote.os, "open", watching_open)
     remote.new_store(tmp_path / "store")
-    assert len(made) == 2 and all(mode == 0o600 for _, mode in made), made
+    assert len(made) == 5 and all(mode == 0o600 for _, mode in made), made
 
 
 def test_a_tests_store_dies_with_the_process_that_started_it(tmp_path):
@@ -185,3 +189,110 @@ def test_a_tests_store_dies_with_the_process_that_started_it(tmp_path):
     finally:
         starter.kill()
         starter.wait()
+
+
+def _as_nobody(*command: str) -> subprocess.CompletedProcess[str]:
+    """Run `command` as the unprivileged user `nobody`, as a hostile local user would."""
+    who = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    return subprocess.run([*who, *command], capture_output=True, text=True, timeout=30)
+
+
+def _http_status(*curl: str) -> str:
+    """The HTTP status curl gets as `nobody` (000: no HTTP answer at all)."""
+    done = _as_nobody("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5", *curl)
+    return done.stdout.strip() or "000"
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not (shutil.which("setpriv") and shutil.which("curl")),
+    reason="needs root, setpriv and curl to act as another local user",
+)
+def test_no_port_but_s3_with_its_credentials_serves_another_local_user(repo):
+    store = remote.start()
+    client = remote.s3_client(store)
+    key = "dvc/files/md5/0a/bcdef"
+    client.put_object(Bucket=remote.BUCKET, Key=key, Body=b"the team's object")
+    p, host = store.ports, f"http://{remote.HOST}"
+    refused = {
+        "filer list": _http_status(f"{host}:{p['filer']}/buckets/{remote.BUCKET}/dvc/"),
+        "filer read": _http_status(f"{host}:{p['filer']}/buckets/{remote.BUCKET}/{key}"),
+        "filer write": _http_status(
+            "-F", "file=@/etc/hostname", f"{host}:{p['filer']}/buckets/{remote.BUCKET}/{key}"
+        ),
+        "master delete": _http_status(
+            f"{host}:{p['master']}/col/delete?collection={remote.BUCKET}"
+        ),
+        "master assign": _http_status(f"{host}:{p['master']}/dir/assign"),
+        "volume write": _http_status(
+            "-F", "file=@/etc/hostname", f"{host}:{p['volume']}/1,01637037d6"
+        ),
+        "volume read": _http_status(f"{host}:{p['volume']}/1,01637037d6"),
+        "s3 without credentials": _http_status(f"{host}:{p['s3']}/{remote.BUCKET}/{key}"),
+    }
+    for name in ("master_grpc", "volume_grpc", "filer_grpc", "s3_grpc"):
+        grpc = f"{remote.HOST}:{p[name]}/filer_pb.SeaweedFiler/ListEntries"
+        refused[f"{name} plain"] = _http_status("--http2-prior-knowledge", f"http://{grpc}")
+        refused[f"{name} tls"] = _http_status("-k", "--http2", f"https://{grpc}")
+    assert not [what for what, code in refused.items() if code.startswith("2")], refused
+    # What the owner keeps: the object as it was, through S3 with the credentials.
+    body = client.get_object(Bucket=remote.BUCKET, Key=key)["Body"].read()
+    assert body == b"the team's object"
+    assert stat.S_IMODE(store.tls_dir.stat().st_mode) == 0o700
+    assert mode(store.tls_dir / "store.key") == 0o600
+
+
+def test_a_forged_object_in_the_store_is_refused_by_dvc_pull(repo):
+    (repo / "data.txt").write_text("the real content\n")
+    dvc("add", "data.txt", cwd=repo)
+    store = remote.start()
+    assert "verify = True" in (repo / ".dvc" / "config.local").read_text()
+    dvc("push", "-r", remote.REMOTE_NAME, "data.txt", cwd=repo)
+    digest = yaml_md5(repo / "data.txt.dvc")
+    remote.s3_client(store).put_object(
+        Bucket=remote.BUCKET, Key=f"dvc/files/md5/{digest[:2]}/{digest[2:]}", Body=b"forged\n"
+    )
+    (repo / "data.txt").unlink()
+    dvc("cache", "dir", cwd=repo)
+    shutil.rmtree(repo / ".dvc" / "cache")
+    pulled = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), "pull", "-r", remote.REMOTE_NAME, "data.txt"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert pulled.returncode != 0, pulled.stdout + pulled.stderr
+    assert not (repo / "data.txt").exists() or (repo / "data.txt").read_text() != "forged\n"
+
+
+def yaml_md5(path: Path) -> str:
+    """The md5 a .dvc file records for its one output."""
+    import yaml
+
+    return yaml.safe_load(path.read_text())["outs"][0]["md5"]
+
+
+def test_stop_is_graceful_and_leaves_no_socket_files(repo, monkeypatch):
+    store = remote.start()
+    sent: list[int] = []
+    real_signal = Owned.signal
+
+    def recording(self, sig):
+        sent.append(sig)
+        return real_signal(self, sig)
+
+    monkeypatch.setattr(Owned, "signal", recording)
+    assert remote.stop()
+    assert sent == [remote.signal.SIGTERM]  # weed ended on its own, within the grace
+    ports = {str(port) for port in store.ports.values()}
+    left = [s for s in Path("/tmp").glob("seaweedfs-*.sock") if s.stem.rsplit("-", 1)[-1] in ports]
+    assert left == []
+
+
+def test_a_damaged_store_record_is_one_line_saying_how_to_recover(tmp_path):
+    store = remote.new_store(tmp_path / "store")
+    text = store.state_file.read_text()
+    for damaged in (text[: len(text) // 2], text.replace('"ports"', '"ports", "colour": 1, "x"')):
+        store.state_file.write_text(damaged)
+        with pytest.raises(PipelineError, match=r"store\.json is damaged .*remove .*make storage"):
+            remote.load_store(store.root)

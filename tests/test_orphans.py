@@ -61,9 +61,7 @@ def test_a_stage_dies_with_the_dvc_that_runs_it_and_writes_nothing_after(
     )
     try:
         deadline = time.monotonic() + 120
-        while not (root / "plots" / "train" / "model_2.csv").exists() or not stage_processes(
-            root
-        ):
+        while not (root / "plots" / "train" / "model_2.csv").exists() or not stage_processes(root):
             assert time.monotonic() < deadline, "the stage never started training"
             assert dvc.poll() is None, "dvc repro ended before it could be killed"
             time.sleep(0.2)

@@ -4,6 +4,7 @@ a recorded pid is signalled only while it is still the process that was recorded
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -115,3 +116,75 @@ def test_processes_are_found_by_their_tag_and_killed_even_when_they_ignore_sigte
         for p in [*procs, bystander]:
             p.kill()
             p.wait()
+
+
+def _start_with_pid(pid: int, argv: list[str], attempts: int = 50) -> subprocess.Popen | None:
+    """Start `argv` under the number `pid` (root only: the kernel's next-pid knob), or None."""
+    knob = "/proc/sys/kernel/ns_last_pid"
+    for _ in range(attempts):
+        try:
+            with open(knob, "w") as handle:
+                handle.write(str(pid - 1))
+        except OSError:
+            return None
+        proc = subprocess.Popen(argv, start_new_session=True)
+        if proc.pid == pid:
+            return proc
+        proc.kill()
+        proc.wait()
+    return None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reusing a pid on purpose needs root")
+def test_a_process_that_took_a_reaped_childs_pid_survives_the_childs_stop():
+    child = spawn([sys.executable, "-c", "pass"])
+    child.wait()  # reaped, as a rank that failed is reaped before the group is stopped
+    sleeper = _start_with_pid(child.pid, ["sleep", "30"])
+    if sleeper is None:
+        pytest.skip("another process took the pid first")
+    try:
+        assert stop_group(child) == 0
+        time.sleep(0.2)
+        assert sleeper.poll() is None, "the process that reused the pid was signalled"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_command_line_that_is_not_utf8_is_read_and_its_process_stopped():
+    tag = f"FMNIST_TEST_TAG_{uuid.uuid4().hex}"
+    argv = [sys.executable, "-c", "import time; time.sleep(30)", b"\xff\xfe-not-utf8"]
+    proc = subprocess.Popen(argv, env={**os.environ, tag: "1"})
+    try:
+        wait_for(
+            lambda: Owned.of(proc.pid) is not None and len(Owned.of(proc.pid).cmdline) == 4,
+            "the child to exec",
+        )
+        assert Owned.of(proc.pid).cmdline[-1] == os.fsdecode(b"\xff\xfe-not-utf8")
+        assert kill_all(tagged(tag, "1"), grace=1) == []
+        assert proc.wait(timeout=10) != 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root, setpriv")
+def test_another_users_process_with_the_tag_is_not_ours():
+    tag = f"FMNIST_TEST_TAG_{uuid.uuid4().hex}"
+    other = subprocess.Popen(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sleep", "30"],
+        env={**os.environ, tag: "1"},
+    )
+    mine = subprocess.Popen(["sleep", "30"], env={**os.environ, tag: "1"})
+    try:
+        wait_for(
+            lambda: Owned.of(other.pid) is not None and "sleep" in Owned.of(other.pid).cmdline[0],
+            "the other user's process to exec",
+        )
+        assert tagged(tag, "1") == [mine.pid]
+        assert kill_all(tagged(tag, "1"), grace=1) == []
+        assert other.poll() is None  # neither waited for nor signalled
+    finally:
+        for proc in (other, mine):
+            proc.kill()
+            proc.wait()

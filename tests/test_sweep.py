@@ -412,3 +412,12 @@ def test_a_gather_names_the_combinations_no_shard_pushed(gathered, server):
     rows = list(csv.DictReader(io.StringIO((root / "sweep" / "sweep.csv").read_text())))
     assert sorted(r["models.model_2.lr"] for r in rows if r["state"] == "Missing") == ["0.1"] * 2
     assert "2 of 6 experiments are missing" in result.stderr
+
+
+def test_a_metric_that_is_not_a_number_is_shown_as_it_is_and_the_table_still_comes_out():
+    experiments = [
+        Experiment("a", "Success", {"models.model_2.lr": 0.1}, {"model_2": {"accuracy": "n/a"}}),
+        Experiment("b", "Success", {"models.model_2.lr": 0.2}, {"model_2": {"accuracy": 0.0}}),
+    ]
+    text = format_table(table(experiments, ["models.model_2.lr"]))
+    assert "'n/a'" in text and "0.00%" in text

@@ -97,6 +97,47 @@ def test_ctrl_c_stops_every_worker_and_training_and_empties_the_queue(repo):
     assert sweep_processes(repo) == []
 
 
+def test_a_closed_terminal_sighup_stops_every_worker_and_empties_the_queue(repo):
+    tool = start_sweep(repo)
+    try:
+        wait_for(lambda: training(repo), "an experiment to train", timeout_s=240)
+        tool.send_signal(signal.SIGHUP)
+        assert gone_within(repo, STOP_WITHIN_S) == []
+        stdout, stderr = tool.communicate(timeout=60)
+    finally:
+        stop_group(tool)
+    assert tool.returncode == 128 + signal.SIGHUP, stdout + stderr
+    assert unfinished(repo) == []
+
+
+def test_stop_drops_only_the_entries_a_sweep_queued(monkeypatch, tmp_path, capsys):
+    # An experiment queued by hand (`dvc exp run --queue -n my-own`, `dvc queue start`) runs
+    # in a worker that carries no sweep tag: --stop neither kills it nor takes it off the queue.
+    monkeypatch.chdir(tmp_path)
+    calls: list[tuple[str, ...]] = []
+    listing = (
+        "Task     Name              Created    Status\n"
+        "abc1234  my-own            04:27 AM   Running\n"
+        "abc1235  sweep-0123456789  04:27 AM   Running\n"
+        "abc1236  sweep-9876543210  04:27 AM   Queued\n"
+        "\nWorker status: 1 active, 0 idle\n"
+    )
+
+    def dvc_call(*args: str, **options) -> str:
+        calls.append(args)
+        return listing if args[:2] == ("queue", "status") else ""
+
+    monkeypatch.setattr(sweep, "run_dvc", dvc_call)
+    monkeypatch.setattr(sweep, "stop_processes", lambda tag: [])
+    sweep.stop_repository_sweeps()
+    assert ("queue", "kill", "--force", "sweep-0123456789") in calls
+    assert ("queue", "remove", "sweep-0123456789") in calls
+    assert not [call for call in calls if "my-own" in call]
+    out = capsys.readouterr().out
+    assert "removed from the queue: sweep-0123456789" in out
+    assert "still queued (`dvc queue remove --queued` drops them): sweep-9876543210" in out
+
+
 def test_the_time_limit_stops_every_worker_and_empties_the_queue(repo):
     tool = start_sweep(repo, "--timeout-s", "8")
     try:

@@ -104,9 +104,12 @@ def stop_group(process: subprocess.Popen, grace: float = STOP_GRACE_S) -> int:
             os.killpg(process.pid, sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=wait)
-    # Whatever the leader left in its group goes too (it was started for the leader).
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
+    # Whatever the leader left in its group goes too (it was started for the leader). Linux
+    # reuses the leader's pid only once its group is empty: if another process holds the pid now
+    # that the leader is reaped, the group is gone, and that process is not ours to signal.
+    if process.returncode is None or _stat(process.pid) is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
     return process.wait()
 
 
@@ -137,7 +140,9 @@ class Owned:
             raw = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (FileNotFoundError, ProcessLookupError):
             return None
-        return cls(pid, int(stat[19]), tuple(part.decode() for part in raw.split(b"\0")[:-1]))
+        # Any bytes may stand in a command line: undecodable ones round-trip, never raise.
+        parts = raw.split(b"\0")[:-1]
+        return cls(pid, int(stat[19]), tuple(os.fsdecode(part) for part in parts))
 
     def running(self) -> bool:
         """Tell whether our process still runs under this pid (not another that reuses it)."""
@@ -187,13 +192,18 @@ class Owned:
 def tagged(name: str, value: str) -> list[int]:
     """Pids of every process of this user whose environment has `name=value` (a run's tag)."""
     # A tag in the environment follows every descendant, also one that daemonised or was
-    # re-parented to init, which a walk down from a pid would miss.
+    # re-parented to init, which a walk down from a pid would miss. Anyone can set the variable,
+    # so only this user's processes count: root reads every environment, and another user's
+    # process with the tag is neither waited for nor signalled.
     wanted = f"{name}={value}".encode()
+    uid = os.getuid()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
+            if entry.stat().st_uid != uid:
+                continue
             if wanted in (entry / "environ").read_bytes().split(b"\0"):
                 found.append(int(entry.name))
         except OSError:  # gone meanwhile, or another user's

@@ -18,6 +18,8 @@ from fmnist.pipeline.errors import PipelineError
 
 DEFAULT_PARAMS = "params.yaml"
 NAME_PREFIX = "sweep"
+# The names this tool gives, and only those: --stop and the clean-up touch no other entry.
+NAME_PATTERN = re.compile(rf"{NAME_PREFIX}-[0-9a-f]{{10}}")
 
 
 @dataclass(frozen=True)

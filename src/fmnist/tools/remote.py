@@ -22,17 +22,19 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from fmnist.pipeline.cli import command_parser, entry_point
 from fmnist.pipeline.errors import PipelineError
-from fmnist.pipeline.processes import Owned, die_with_parent
+from fmnist.pipeline.processes import Owned, die_with_parent, stop_group
 
 HOST = "127.0.0.1"
 STORE_DIR = Path(".storage")
@@ -51,7 +53,18 @@ PORT_NAMES = (
     "s3_grpc",
 )
 START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 5.0
+# weed's graceful stop (SIGTERM) takes about 15 s; SIGKILL only after this.
+STOP_TIMEOUT_S = 30.0
+# SeaweedFS reads its JWT signing keys from these variables: volume writes and reads, filer
+# writes and reads (over HTTP; the S3 gateway signs its own requests).
+JWT_KEYS = (
+    "WEED_JWT_SIGNING_KEY",
+    "WEED_JWT_SIGNING_READ_KEY",
+    "WEED_JWT_FILER_SIGNING_KEY",
+    "WEED_JWT_FILER_SIGNING_READ_KEY",
+)
+# Every gRPC server and client inside `weed server` takes its TLS files from WEED_GRPC_<X>_*.
+GRPC_COMPONENTS = ("MASTER", "VOLUME", "FILER", "S3", "CLIENT", "ADMIN", "WORKER", "MQ")
 # Keys of a DVC remote's config whose values are secrets: never printed, files holding them 0600.
 SECRET_KEYS = ("secret_access_key", "session_token", "password", "sas_token", "account_key")
 
@@ -64,6 +77,10 @@ class Store:
     ports: dict[str, int]
     access_key: str
     secret_key: str
+    # SeaweedFS's JWT signing keys, by environment variable: the master, volume and filer ports
+    # accept no read or write without a token signed with them (a store from an older version
+    # has none until `start` gives it some).
+    jwt: dict[str, str] = field(default_factory=dict)
 
     @property
     def endpoint(self) -> str:
@@ -85,6 +102,11 @@ class Store:
     @property
     def pid_file(self) -> Path:
         return self.root / "weed.pid"
+
+    @property
+    def tls_dir(self) -> Path:
+        """The CA and the one certificate that every gRPC connection of the store must show."""
+        return self.root / "tls"
 
 
 def free_ports(count: int) -> list[int]:
@@ -119,8 +141,19 @@ def load_store(root: Path = STORE_DIR) -> Store | None:
     state = root / "store.json"
     if not state.is_file():
         return None
-    data = json.loads(state.read_text())
-    return Store(root=root, **data)
+    try:
+        data = json.loads(state.read_text())
+        store = Store(root=root, **data)
+        ports_ok = set(store.ports) == set(PORT_NAMES)
+        if not ports_ok or not all(isinstance(v, int) for v in store.ports.values()):
+            raise ValueError("ports")
+    except (ValueError, TypeError, AttributeError) as exc:  # truncated, extended, hand-edited
+        raise PipelineError(
+            f"{state} is damaged ({type(exc).__name__}): stop the store's SeaweedFS if it runs, "
+            f"remove {state}, then `make storage` records a new one (new ports and credentials; "
+            f"the objects stay in {root / 'data'})"
+        ) from None
+    return store
 
 
 def new_store(root: Path = STORE_DIR) -> Store:
@@ -130,10 +163,11 @@ def new_store(root: Path = STORE_DIR) -> Store:
         ports=dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True)),
         access_key=secrets.token_hex(10),
         secret_key=secrets.token_hex(20),
+        jwt=_jwt_keys(),
     )
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    state = {k: v for k, v in asdict(store).items() if k != "root"}
-    write_secret_json(store.state_file, state)
+    _record(store)
+    make_tls(store.tls_dir)
     identities = {
         "identities": [
             {
@@ -147,18 +181,99 @@ def new_store(root: Path = STORE_DIR) -> Store:
     return store
 
 
-def write_secret_json(path: Path, data: Any) -> None:
-    """Write JSON holding a secret atomically, readable by its owner alone from the first byte."""
+def _jwt_keys() -> dict[str, str]:
+    return {name: secrets.token_hex(32) for name in JWT_KEYS}
+
+
+def _record(store: Store) -> None:
+    write_secret_json(store.state_file, {k: v for k, v in asdict(store).items() if k != "root"})
+
+
+def secured(store: Store) -> Store:
+    """The store with its JWT keys and TLS files, made now for a store from an older version."""
+    if not store.jwt:
+        store = replace(store, jwt=_jwt_keys())
+        _record(store)
+    if not (store.tls_dir / "store.key").is_file():
+        make_tls(store.tls_dir)
+    return store
+
+
+def make_tls(folder: Path) -> None:
+    """A private CA and one certificate it signs, for every gRPC listener and client of a store.
+
+    SeaweedFS's gRPC ports would otherwise take any local user's requests (list, create, delete
+    entries); with mutual TLS they take only a peer that shows this certificate, which lies in
+    the store's 0700 folder. SeaweedFS does not check host names, so one certificate serves all.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def certificate(name: str, key: Any, issuer: x509.Name, signer: Any, ca: bool) -> Any:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            host = x509.IPAddress(ipaddress.ip_address(HOST))
+            usage = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            builder = builder.add_extension(x509.SubjectAlternativeName([host]), critical=False)
+            builder = builder.add_extension(x509.ExtendedKeyUsage(usage), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fmnist local store CA")])
+    ca = certificate("fmnist local store CA", ca_key, ca_name, ca_key, ca=True)
+    cert = certificate("fmnist local store", key, ca_name, ca_key, ca=False)
+    pem = serialization.Encoding.PEM
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    unencrypted = serialization.NoEncryption()
+    private = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, unencrypted)
+    write_secret_bytes(folder / "store.key", private)
+    write_secret_bytes(folder / "store.pem", cert.public_bytes(pem))
+    write_secret_bytes(folder / "ca.pem", ca.public_bytes(pem))
+
+
+def server_env(store: Store) -> dict[str, str]:
+    """The server's environment: its JWT keys and TLS files (never its command line)."""
+    env = {**os.environ, **store.jwt, "WEED_GRPC_CA": str((store.tls_dir / "ca.pem").resolve())}
+    for component in GRPC_COMPONENTS:
+        env[f"WEED_GRPC_{component}_CERT"] = str((store.tls_dir / "store.pem").resolve())
+        env[f"WEED_GRPC_{component}_KEY"] = str((store.tls_dir / "store.key").resolve())
+    return env
+
+
+def write_secret_bytes(path: Path, data: bytes) -> None:
+    """Write bytes atomically, readable by their owner alone from the first byte."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(data, indent=2) + "\n")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_secret_json(path: Path, data: Any) -> None:
+    """Write JSON holding a secret atomically, readable by its owner alone from the first byte."""
+    write_secret_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def redact(text: str, hidden: Sequence[str]) -> str:
@@ -197,6 +312,11 @@ def server_command(store: Store) -> list[str]:
         f"-s3.config={store.identities_file.resolve()}",
         # As on AWS: a push to a bucket that does not exist is an error, not a new bucket.
         "-s3.autoCreateBucket=false",
+        # Only the S3 port, with its credentials, serves a local user: the master's and the
+        # filer's HTTP APIs are off (one call to the master's would delete the collection),
+        # the volume's takes JWT-signed requests alone, and gRPC needs the store's certificate.
+        "-disableHttp",
+        "-filer.disableHttp",
     ]
 
 
@@ -257,6 +377,7 @@ def start_server(store: Store, bucket: str = BUCKET, tied: bool = False) -> subp
     with open(store.log_file, "ab") as log:
         process = subprocess.Popen(
             server_command(store),
+            env=server_env(store),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -276,7 +397,8 @@ def start_server(store: Store, bucket: str = BUCKET, tied: bool = False) -> subp
         # the one from before exec, and a record naming another program would later be "stale".
         record()
     except BaseException:
-        stop_server(process.pid)
+        # Through the Popen, which knows whether the server was reaped: its pid may be reused.
+        stop_group(process, grace=STOP_TIMEOUT_S)
         store.pid_file.unlink(missing_ok=True)
         raise
     return process
@@ -366,6 +488,9 @@ def configure_remote(store: Store, name: str = REMOTE_NAME, url: str = REMOTE_UR
                 "endpointurl": store.endpoint,
                 "access_key_id": store.access_key,
                 "secret_access_key": store.secret_key,
+                # DVC checks each pulled file against its hash: an object changed in the store
+                # is refused, not checked out.
+                "verify": True,
             }
             # An older `fmnist-remote start` made the store the --local default, which hid a
             # team's default remote: undo that.
@@ -381,8 +506,7 @@ def configure_remote(store: Store, name: str = REMOTE_NAME, url: str = REMOTE_UR
 def start(root: Path = STORE_DIR) -> Store:
     """Start the local store (or find it running and answering) and add it as a DVC remote."""
     store = load_store(root)
-    if store is None:
-        store = new_store(root)
+    store = new_store(root) if store is None else secured(store)
     server = running_server(store)
     if server is None:
         ports = list(store.ports.values())
@@ -421,7 +545,24 @@ def stop(root: Path = STORE_DIR) -> bool:
     except OSError as exc:
         raise PipelineError(f"SeaweedFS: {exc}") from None
     store.pid_file.unlink(missing_ok=True)
+    remove_sockets(store)
     return True
+
+
+def remove_sockets(store: Store) -> list[Path]:
+    """Remove the Unix sockets SeaweedFS left in the temporary folder for this store's ports."""
+    # weed names them /tmp/seaweedfs-<component>-<port>.sock and does not always remove them,
+    # on SIGKILL never. Only sockets of this user, on this store's ports, once it has stopped.
+    removed = []
+    ports = {str(port) for port in store.ports.values()}
+    for path in Path(tempfile.gettempdir()).glob("seaweedfs-*.sock"):
+        with contextlib.suppress(OSError):
+            info = path.lstat()
+            mine = info.st_uid == os.getuid() and stat.S_ISSOCK(info.st_mode)
+            if mine and path.stem.rsplit("-", 1)[-1] in ports:
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def which(root: Path = STORE_DIR) -> str | None:

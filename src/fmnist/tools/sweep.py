@@ -39,7 +39,14 @@ from fmnist.pipeline.errors import PipelineError
 from fmnist.pipeline.paths import METRICS_FILE
 from fmnist.pipeline.processes import kill_all, tagged
 from fmnist.tools.dvc_command import run_dvc
-from fmnist.tools.grid import clean_workspace, combinations, parse_shard, shard, workspace_tree
+from fmnist.tools.grid import (
+    NAME_PATTERN,
+    clean_workspace,
+    combinations,
+    parse_shard,
+    shard,
+    workspace_tree,
+)
 
 DONE = ("Success", "Failed")
 # How often to ask DVC for the queue's state: soon at first, for experiments that restore from
@@ -69,6 +76,7 @@ STOP_WAIT_S = 15.0  # for idle workers to leave after `dvc queue stop`
 STATUS_ATTEMPTS = 3  # DVC's commands fail now and then while the workers hold its locks
 STATUS_TIMEOUT_S = 120.0  # ... or hang (dvc#8762): each try is bounded
 CLEANUP_TIMEOUT_S = 60.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass
@@ -220,11 +228,11 @@ def stop_workers(env: Mapping[str, str]) -> list[int]:
 
 @contextlib.contextmanager
 def uninterrupted() -> Iterator[None]:
-    """Ignore Ctrl-C and SIGTERM for the block (a bounded cleanup that must finish)."""
+    """Ignore Ctrl-C, SIGTERM and SIGHUP for the block (a bounded cleanup that must finish)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (*STOP_SIGNALS, signal.SIGINT)}
     try:
         yield
     finally:
@@ -307,6 +315,20 @@ def sweep_keys(overrides: Sequence[str]) -> list[str]:
     return keys
 
 
+def _number(value: Any) -> float | None:
+    """A metric as a number, or None when it is missing or not a number (a hand-edited file)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _shown(value: Any, number: str) -> str:
+    """A metric as the table shows it: `number` formatted, `-` when missing, else its text."""
+    if value is None:
+        return "-"
+    return number if _number(value) is not None else repr(value)
+
+
 def table(experiments: Sequence[Experiment], keys: Sequence[str]) -> list[list[str]]:
     """Rows of text: experiment, state, the swept params, then each model's accuracy and loss."""
     models = sorted({m for e in experiments for m in e.metrics})
@@ -318,9 +340,10 @@ def table(experiments: Sequence[Experiment], keys: Sequence[str]) -> list[list[s
         for model in models:
             scores = e.metrics.get(model, {})
             acc, loss = scores.get("accuracy"), scores.get("loss")
+            a, lo = _number(acc), _number(loss)
             row += [
-                "-" if acc is None else f"{100 * acc:.2f}%",
-                "-" if loss is None else f"{loss:.4f}",
+                _shown(acc, "" if a is None else f"{100 * a:.2f}%"),
+                _shown(loss, "" if lo is None else f"{lo:.4f}"),
             ]
         rows.append(row)
     return rows
@@ -351,7 +374,8 @@ def draw(experiments: Sequence[Experiment], keys: Sequence[str], path: Path) -> 
     ax = fig.add_subplot()
     width = 0.8 / len(models)
     for i, model in enumerate(models):
-        values = [100 * e.metrics.get(model, {}).get("accuracy", float("nan")) for e in done]
+        accuracies = [_number(e.metrics.get(model, {}).get("accuracy")) for e in done]
+        values = [float("nan") if a is None else 100 * a for a in accuracies]
         ax.bar([x + i * width for x in range(len(done))], values, width, label=model)
     ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(done))])
     labels = [
@@ -627,6 +651,8 @@ def stop_repository_sweeps() -> None:
     with uninterrupted():
         survivors = stop_processes(env[TAG_ENV])
         states, _ = queue_status(env)
+        # Only the entries a sweep queued: an experiment queued by hand keeps running.
+        states = {name: state for name, state in states.items() if NAME_PATTERN.fullmatch(name)}
         running = [name for name, state in states.items() if state == "Running"]
         drop(running, states, env)  # their processes are gone
     if survivors:
@@ -706,10 +732,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if not args.overrides:
         raise PipelineError("give at least one -S KEY=V1,V2,... (or --stop)")
-    # SIGTERM (a CI job cancelled, `kill`) stops the sweep as Ctrl-C does, through its cleanup.
-    main_thread = threading.current_thread() is threading.main_thread()
-    if main_thread and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _terminated)
+    # SIGTERM (a CI job cancelled, `kill`) and SIGHUP (a closed terminal, a lost ssh session)
+    # stop the sweep as Ctrl-C does, through its cleanup.
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            if signal.getsignal(sig) is signal.SIG_DFL:
+                signal.signal(sig, _terminated)
     if args.gather:
         if args.push or args.shard != (1, 1):
             raise PipelineError("--gather runs nothing: give it without --shard and --push")
