@@ -4,24 +4,26 @@ truncated output under an output's name, and no temporary file that outlives the
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from fmnist.pipeline.atomic import remove_stale_temps, write_text
 from fmnist.pipeline.download import CHUNK
 from fmnist.pipeline.training import HISTORY_FIELDS, STEP_FIELDS
 
 from . import faulty_http
-from .conftest import ROOT, tiny_params, write_params
+from .conftest import ROOT, load_stage, tiny_params, write_params
 
 SIGNALS = [signal.SIGKILL, signal.SIGTERM, signal.SIGINT]
 BIG = "train-images-idx3-ubyte"
@@ -280,3 +282,44 @@ def test_train_stage_killed_while_saving_leaves_no_truncated_weights(project, si
         assert temp_files(project) == []
     else:
         assert temp_files(project) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A 1 MB tmpfs of this test's own (root only), unmounted whatever happens."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)])
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_during_the_save_is_one_line_and_the_old_weights_stay(
+    project, small_disk, capsys, monkeypatch
+):
+    monkeypatch.chdir(project)
+    load_stage("train").main(["--model", "model_0"])
+    old = {p.name: p.read_bytes() for p in (project / "models").iterdir()}
+    # The models folder moves to the small disk, which is then filled to its last 4 KB.
+    shutil.copytree(project / "models", small_disk / "models")
+    shutil.rmtree(project / "models")
+    (project / "models").symlink_to(small_disk / "models")
+    free = shutil.disk_usage(small_disk).free
+    (small_disk / "filler").write_bytes(b"\0" * (free - 4096))
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["models"]["model_0"]["lr"] = 0.05  # other weights, so that a write is needed
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        load_stage("train").main(["--model", "model_0"])
+    assert exit_info.value.code == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert len(err) == 1 and err[0].startswith("error: models/model_0.pth: no space left"), err
+    assert "free); the file was not changed" in err[0]
+    assert {p.name: p.read_bytes() for p in (project / "models").iterdir()} == old

@@ -292,3 +292,13 @@ def test_a_killed_runs_leftover_entry_of_a_finished_experiment_is_dropped(
     assert ("queue", "remove", GOOD) in calls
     assert not any(call[:3] == ("exp", "run", "--queue") for call in calls)  # nothing ran again
     assert "already run under this commit, kept" in capsys.readouterr().out
+
+
+def test_a_stop_leaves_no_copy_of_the_secret_readable_by_others(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    copy = tmp_path / ".dvc" / "tmp" / "exps" / "tmpab12cd" / ".dvc" / "config.local"
+    copy.parent.mkdir(parents=True)
+    copy.write_text("['remote \"local-store\"']\n    secret_access_key = s3cr3t\n")
+    copy.chmod(0o644)  # as DVC's copy of a killed experiment's workspace was found
+    assert sweep.protect_secret_copies() == [Path(".dvc/tmp/exps/tmpab12cd/.dvc/config.local")]
+    assert copy.stat().st_mode & 0o777 == 0o600

@@ -16,10 +16,12 @@ that temporary file when the writer dies:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import string
 import threading
@@ -101,8 +103,31 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         try:
             yield tmp_path
             os.replace(tmp_path, path)
+        except (OSError, RuntimeError) as exc:
+            if not _no_space(exc):
+                raise
+            free = shutil.disk_usage(path.parent).free
+            shown = f"{free / 1e6:.1f} MB" if free >= 1e6 else f"{free:,} bytes"
+            raise PipelineError(
+                f"{path}: no space left on its device ({shown} free); the file was not "
+                "changed: free some space and run again"
+            ) from None
         finally:
             tmp_path.unlink(missing_ok=True)
+
+
+def _no_space(exc: BaseException | None) -> bool:
+    """Tell a full disk (or quota) from other write errors, torch.save's included."""
+    # torch.save's own error (`[enforce fail at inline_container.cc...]`) comes while handling
+    # the OSError of the failed write, or says `PytorchStreamWriter failed writing`.
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "PytorchStreamWriter failed writing" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 @contextlib.contextmanager

@@ -240,11 +240,26 @@ def uninterrupted() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def protect_secret_copies(root: Path = Path(".dvc") / "tmp" / "exps") -> list[Path]:
+    """Make DVC's copies of config.local that stopped experiments left readable by us alone."""
+    # Each queued experiment runs in a copy of the workspace under .dvc/tmp/exps, the --local
+    # config (the store's secret) included, written with the umask's mode; a killed experiment
+    # leaves its copy behind.
+    fixed = []
+    for path in root.glob("**/config.local"):
+        with contextlib.suppress(OSError):
+            if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o077:
+                path.chmod(0o600)
+                fixed.append(path)
+    return fixed
+
+
 def stop_sweep(names: Sequence[str], env: Mapping[str, str]) -> list[str]:
     """Kill the sweep's workers and experiments and clear its queue; return what was stopped."""
     with uninterrupted():
         survivors = stop_processes(env[TAG_ENV])
         stopped = clear_queue(names, env)
+        protect_secret_copies()
     if survivors:
         raise PipelineError(f"processes {survivors} of the sweep did not stop")
     return stopped
@@ -655,6 +670,7 @@ def stop_repository_sweeps() -> None:
         states = {name: state for name, state in states.items() if NAME_PATTERN.fullmatch(name)}
         running = [name for name, state in states.items() if state == "Running"]
         drop(running, states, env)  # their processes are gone
+        protect_secret_copies()
     if survivors:
         raise PipelineError(f"processes {survivors} did not stop")
     print(
