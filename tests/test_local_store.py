@@ -22,6 +22,9 @@ from fmnist.tools import remote
 from .conftest import ROOT
 from .workflow_repo import dvc, git
 
+# Real DVC queues, stores or several processes: `make test-system` (and CI) runs these.
+pytestmark = pytest.mark.system
+
 SLEEP = [sys.executable, "-c", "import time; time.sleep(300)"]
 TEAM = "team"
 

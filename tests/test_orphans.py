@@ -16,6 +16,9 @@ import pytest
 
 from .workflow_repo import BIN, committed_repo, copy_repo, run_unchecked
 
+# Real DVC queues, stores or several processes: `make test-system` (and CI) runs these.
+pytestmark = pytest.mark.system
+
 QUIET_S = 30  # how long nothing under models/ and plots/ may change after the stage is gone
 
 

@@ -70,6 +70,8 @@ def _group(pgid: int) -> list[int]:
 def test_an_owned_identity_is_not_fooled_by_a_reused_pid(tmp_path):
     proc = subprocess.Popen(SLEEP)
     try:
+        # Read right after the fork, the command line can be empty until exec: wait for it.
+        wait_for(lambda: bool(Owned.of(proc.pid).cmdline), "the child to exec")
         me = Owned.of(proc.pid)
         me.save(tmp_path / "pid.json")
         assert Owned.load(tmp_path / "pid.json") == me and me.running()
@@ -177,10 +179,14 @@ def test_another_users_process_with_the_tag_is_not_ours():
     )
     mine = subprocess.Popen(["sleep", "30"], env={**os.environ, tag: "1"})
     try:
-        wait_for(
-            lambda: Owned.of(other.pid) is not None and "sleep" in Owned.of(other.pid).cmdline[0],
-            "the other user's process to exec",
-        )
+        # Until exec, a child's environment is its parent's: wait for both to carry the tag.
+        for proc in (other, mine):
+            wait_for(
+                lambda proc=proc: (
+                    Owned.of(proc.pid) is not None and Owned.of(proc.pid).cmdline[:1] == ("sleep",)
+                ),
+                "the children to exec",
+            )
         assert tagged(tag, "1") == [mine.pid]
         assert kill_all(tagged(tag, "1"), grace=1) == []
         assert other.poll() is None  # neither waited for nor signalled

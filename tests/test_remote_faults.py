@@ -20,6 +20,9 @@ from .s3_store import BUCKET, REMOTE, URL, Server, corrupt_cache_files
 from .test_faults import wait_for
 from .workflow_repo import BIN, dvc, git, run, run_unchecked
 
+# Real DVC queues, stores or several processes: `make test-system` (and CI) runs these.
+pytestmark = pytest.mark.system
+
 N_FILES, FILE_BYTES = 600, 16 * 1024  # enough objects that a transfer is still going on at a kill
 TRANSFER_TIMEOUT_S = 180
 

@@ -15,6 +15,9 @@ import pytest
 from .conftest import tiny_params, write_params
 from .workflow_repo import BIN, committed_repo, dvc, git, ran_stages, run_unchecked
 
+# Real DVC queues, stores or several processes: `make test-system` (and CI) runs these.
+pytestmark = pytest.mark.system
+
 CACHED = "Stage 'train@model_2' is cached - skipping run, checking out outputs"
 
 

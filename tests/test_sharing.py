@@ -19,6 +19,9 @@ from .conftest import ROOT, make_split, tiny_params, write_params
 from .s3_store import REMOTE, URL, Server
 from .workflow_repo import BIN, MODELS, committed_repo, copy_repo, dvc, git, ran_stages, run
 
+# Real DVC queues, stores or several processes: `make test-system` (and CI) runs these.
+pytestmark = pytest.mark.system
+
 BRANCH = "faster-model-0"
 
 

@@ -38,6 +38,9 @@ from .conftest import load_stage, write_params
 from .s3_store import REMOTE, URL, Server
 from .workflow_repo import BIN, committed_repo, copy_repo, dvc, git, ran_stages, run
 
+# Real DVC queues, stores or several processes: `make test-system` (and CI) runs these.
+pytestmark = pytest.mark.system
+
 GRID = ["models.model_2.lr=0.05,0.2", "models.model_2.hidden_units=4,6"]
 # lr 1e6 makes model_0 diverge at once; 0.05 and 0.2 are fine.
 WITH_FAILURE = ["models.model_0.lr=0.05,1e6,0.2"]

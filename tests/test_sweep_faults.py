@@ -23,6 +23,9 @@ from fmnist.tools.sweep import TAG_ENV, split_override
 from .test_faults import wait_for
 from .workflow_repo import BIN, committed_repo, copy_repo, dvc, ran_stages
 
+# Real DVC queues, stores or several processes: `make test-system` (and CI) runs these.
+pytestmark = pytest.mark.system
+
 GRID = ["models.model_2.lr=0.05,0.2", "models.model_2.hidden_units=4,6"]
 STOP_WITHIN_S = 10.0
 
