@@ -28,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -337,11 +337,12 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def _shown(value: Any, number: str) -> str:
-    """A metric as the table shows it: `number` formatted, `-` when missing, else its text."""
+def _cell(value: Any, shown: Callable[[float], str]) -> str:
+    """A metric as the table shows it: a number through `shown`, `-` when missing, else as is."""
     if value is None:
         return "-"
-    return number if _number(value) is not None else repr(value)
+    number = _number(value)
+    return repr(value) if number is None else shown(number)
 
 
 def table(experiments: Sequence[Experiment], keys: Sequence[str]) -> list[list[str]]:
@@ -355,11 +356,7 @@ def table(experiments: Sequence[Experiment], keys: Sequence[str]) -> list[list[s
         for model in models:
             scores = e.metrics.get(model, {})
             acc, loss = scores.get("accuracy"), scores.get("loss")
-            a, lo = _number(acc), _number(loss)
-            row += [
-                _shown(acc, "" if a is None else f"{100 * a:.2f}%"),
-                _shown(loss, "" if lo is None else f"{lo:.4f}"),
-            ]
+            row += [_cell(acc, lambda a: f"{100 * a:.2f}%"), _cell(loss, lambda v: f"{v:.4f}")]
         rows.append(row)
     return rows
 
