@@ -54,6 +54,7 @@ def test_a_stage_dies_with_the_dvc_that_runs_it_and_writes_nothing_after(
     (root / "params.yaml").write_text(params.replace("epochs: 2", "epochs: 400", 3))
     env = dict(os.environ, DVC_NO_ANALYTICS="1", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     env["PYTHONPATH"] = str(root / "src")
+    env["SHELL"] = "/bin/sh"  # as on a machine with no $SHELL (CI, containers): dash on Debian
     dvc = subprocess.Popen(
         [str(BIN / "dvc"), "repro", "train@model_2"],
         cwd=root,

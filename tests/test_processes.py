@@ -4,6 +4,7 @@ a recorded pid is signalled only while it is still the process that was recorded
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -41,6 +42,32 @@ def test_a_spawned_child_dies_when_its_starter_is_killed(tmp_path):
         starter.kill()
         starter.wait(timeout=10)
         wait_for(lambda: not alive(child), "the orphan to die", timeout_s=5)
+    finally:
+        starter.kill()
+        starter.wait(timeout=10)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
+def test_a_tied_stage_dies_with_the_starter_of_the_shell_that_runs_it(sig):
+    # As DVC runs a stage where $SHELL is unset: `sh -c CMD`, and a shell that stays the stage's
+    # parent (dash does; `; true` makes any shell stay). Killing DVC leaves the shell alive.
+    stage = (
+        "from fmnist.pipeline.processes import tie_to_parent; import os, time; "
+        "tie_to_parent(); print(os.getpid(), flush=True); time.sleep(300)"
+    )
+    command = f"{shlex.quote(sys.executable)} -c {shlex.quote(stage)}; true"
+    dvc = (
+        "import subprocess, sys, time\n"
+        f"subprocess.Popen(['/bin/sh', '-c', {command!r}])\n"
+        "time.sleep(300)\n"
+    )
+    starter = subprocess.Popen([sys.executable, "-c", dvc], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(starter.stdout.readline())
+        assert alive(child)
+        starter.send_signal(sig)
+        starter.wait(timeout=10)
+        wait_for(lambda: not alive(child), "the stage to die with its starter", timeout_s=5)
     finally:
         starter.kill()
         starter.wait(timeout=10)

@@ -62,15 +62,34 @@ def die_with_launcher(sig: int = signal.SIGKILL) -> None:
 
 
 _tied = threading.Event()
-ORPHAN_POLL_S = 0.5
+ORPHAN_POLL_S = 0.2
+# Shells that DVC may run a stage's command through (it uses $SHELL, else /bin/sh). Some, like
+# Debian's dash, stay as the stage's parent instead of exec-ing the command.
+SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "mksh", "fish"})
+
+
+def _starter(parent: int) -> Owned | None:
+    """The process that started our parent, when our parent is a shell (DVC, past `sh -c`)."""
+    stat = _stat(parent)
+    if stat is None:
+        return None
+    try:
+        name = Path(f"/proc/{parent}/comm").read_text().strip()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    grandparent = int(stat[1])
+    if name not in SHELLS or grandparent <= 1:
+        return None
+    return Owned.of(grandparent)
 
 
 def tie_to_parent() -> None:
     """End this process as soon as its parent (DVC, the shell DVC started) dies, by any signal.
 
     A stage that outlived a killed `dvc repro` would go on and overwrite what a later run wrote.
-    The kernel's parent-death SIGKILL stops it at once on Linux; elsewhere, and as a second
-    guard, a thread notices the new parent and exits before anything more is written.
+    The kernel's parent-death SIGKILL stops it at once on Linux. A thread is the second guard:
+    it ends the process when the parent changes (elsewhere than Linux) and, when the parent is
+    a shell that stays alive, when that shell's own starter (DVC) is gone.
     """
     if _tied.is_set():
         return
@@ -79,9 +98,10 @@ def tie_to_parent() -> None:
     die_with_launcher()
     if os.getppid() != parent:  # the parent died before the signal was armed
         os._exit(1)
+    starter = _starter(parent)
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while os.getppid() == parent and (starter is None or starter.running()):
             time.sleep(ORPHAN_POLL_S)
         os._exit(1)
 
