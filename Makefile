@@ -74,7 +74,7 @@ repro: setup data-package ## Run the whole DVC pipeline (only what changed re-ru
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro $(REPRO_FLAGS)
 
 # What a forced re-run must leave exactly as committed: the lock's hashes, the metrics, the plots.
-RESULTS := dvc.lock metrics.json plots
+RESULTS := dvc.lock metrics/test.json plots
 
 verify: setup data-package ## Re-run every stage (--force, nothing restored) and fail if a committed result changes
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro --force
@@ -126,8 +126,8 @@ remote-check: setup ## Check that the remote (local store if running, else defau
 push: setup ## Push outputs and run-cache (with what restoring each run needs) to that remote
 	$(BIN)/python -m fmnist.tools.remote push $(STORE_REMOTE)
 
-pull: remote-check ## Pull outputs and run-cache from that remote
-	$(BIN)/dvc pull --run-cache $(if $(STORE_REMOTE),-r $(STORE_REMOTE))
+pull: setup ## Pull outputs and run-cache (with what restoring each run needs) from that remote
+	$(BIN)/python -m fmnist.tools.remote pull $(STORE_REMOTE)
 
 lock-check: setup ## Fail if dvc.lock does not match the committed code and params
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m fmnist.tools.lockcheck

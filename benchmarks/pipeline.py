@@ -2,6 +2,7 @@
 
     python benchmarks/pipeline.py                         # every stage, params.yaml as it is
     python benchmarks/pipeline.py --device cuda --models model_2 --output timings.json
+    python benchmarks/pipeline.py --tiny                  # the test suite's tiny data instead
 
 Runs each stage's `cmd` from dvc.yaml in order (foreach stages expanded, one per model) in a
 scratch folder, so that the workspace's outputs and dvc.lock stay as they are, and it works on
@@ -29,6 +30,7 @@ from typing import Any
 import yaml
 
 from fmnist.pipeline.paths import TIMINGS_DIR
+from fmnist.tools.tinydata import tiny_params, write_tiny_data
 
 ROOT = Path(__file__).resolve().parents[1]
 PLACEHOLDER = re.compile(r"\$\{([^}]+)\}")
@@ -83,7 +85,10 @@ def run_stage(
     command: str, params_file: Path, cwd: Path, env: Mapping[str, str]
 ) -> tuple[float, float]:
     """Run one stage command with `--params`; return its wall seconds and peak memory in MB."""
-    argv = [sys.executable if part == "python" else part for part in shlex.split(command)]
+    words = shlex.split(command)
+    if words[0] == "exec":  # shell syntax: DVC's shell replaces itself with the stage
+        words = words[1:]
+    argv = [sys.executable if part == "python" else part for part in words]
     argv += ["--params", str(params_file)]
     start = time.perf_counter()
     process = subprocess.Popen(argv, cwd=cwd, env=dict(env))
@@ -148,8 +153,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--workdir", type=Path, help="run here and keep the outputs (default: a temporary folder)"
     )
     parser.add_argument("--output", type=Path, help="write the timings as JSON here too")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="run on the test suite's tiny generated data and params instead of --params",
+    )
     args = parser.parse_args(argv)
+    if args.tiny:
+        with tempfile.TemporaryDirectory(prefix="fmnist-tiny-") as source:
+            params = tiny_params(write_tiny_data(Path(source)))
+            return _time_and_report(args, params, parser)
     params = yaml.safe_load(args.params.read_text())
+    return _time_and_report(args, params, parser)
+
+
+def _time_and_report(
+    args: argparse.Namespace, params: dict[str, Any], parser: argparse.ArgumentParser
+) -> int:
+    """Apply the overrides, time the pipeline in a scratch folder, print and save the table."""
     if args.device:
         params["runtime"]["device"] = args.device
     if args.models:

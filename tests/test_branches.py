@@ -58,26 +58,26 @@ def model_of(key: str) -> str:
 
 def test_metrics_diff_reports_only_that_models_test_metrics(repo):
     diff = json.loads(dvc("metrics", "diff", "main", "--json", cwd=repo))
-    assert list(diff) == ["metrics.json"]
-    changes = diff["metrics.json"]
+    assert list(diff) == ["metrics/test.json"]
+    changes = diff["metrics/test.json"]
     assert sorted(changes) == ["model_0.accuracy", "model_0.loss"]  # no timing, no run fact
     assert changes["model_0.loss"]["old"] != changes["model_0.loss"]["new"]
-    main = json.loads(git("show", "main:metrics.json", cwd=repo))["model_0"]
-    branch = json.loads((repo / "metrics.json").read_text())["model_0"]
+    main = json.loads(git("show", "main:metrics/test.json", cwd=repo))["model_0"]
+    branch = json.loads((repo / "metrics/test.json").read_text())["model_0"]
     for key, change in changes.items():
         name = key.removeprefix("model_0.")
         assert (change["old"], change["new"]) == (main[name], branch[name])
     # As a user reads it: a header and one row per changed metric.
     table = dvc("metrics", "diff", "main", cwd=repo).strip().splitlines()
-    assert len(table) == 3 and all(line.startswith("metrics.json") for line in table[1:])
+    assert len(table) == 3 and all(line.startswith("metrics/test.json") for line in table[1:])
 
 
 def test_all_metrics_diff_compares_every_model(repo):
     # --all also lists what did not change: the other models are there, with zero change.
     diff = json.loads(dvc("metrics", "diff", "main", "--all", "--json", cwd=repo))
-    assert {model_of(key) for key in diff["metrics.json"]} == set(MODELS)
+    assert {model_of(key) for key in diff["metrics/test.json"]} == set(MODELS)
     for model in ("model_1", "model_2"):
-        loss = diff["metrics.json"][f"{model}.loss"]
+        loss = diff["metrics/test.json"][f"{model}.loss"]
         assert loss["old"] == loss["new"]
 
 
@@ -107,7 +107,7 @@ def test_report_has_both_diffs_as_markdown_and_the_charts(repo):
     cells = [[cell.strip() for cell in row] for row in rows]
     assert cells[0][:2] == ["Path", "Metric"]
     assert {model_of(row[1]) for row in cells[1:]} == {"model_0"}
-    assert ["metrics.json", "model_0.loss"] in [row[:2] for row in cells[1:]]
+    assert ["metrics/test.json", "model_0.loss"] in [row[:2] for row in cells[1:]]
     rows = [line.split("|")[1:-1] for line in params.splitlines() if line.startswith("| ")]
     cells = [[cell.strip() for cell in row] for row in rows]
     assert cells[1:] == [["params.yaml", "models.model_0.lr", "0.1", "0.05"]]
@@ -126,8 +126,8 @@ def test_report_has_both_diffs_as_markdown_and_the_charts(repo):
 
 
 def test_the_gate_fails_a_drop_past_the_threshold_naming_the_model_and_the_drop(repo):
-    main = json.loads(git("show", "main:metrics.json", cwd=repo))["model_0"]
-    branch = json.loads((repo / "metrics.json").read_text())["model_0"]
+    main = json.loads(git("show", "main:metrics/test.json", cwd=repo))["model_0"]
+    branch = json.loads((repo / "metrics/test.json").read_text())["model_0"]
     drop = 100 * (main["accuracy"] - branch["accuracy"])
     assert drop > 1.0  # the tiny branch's lower learning rate costs model_0 accuracy
 

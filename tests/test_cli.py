@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+import tomllib
 
 from fmnist.pipeline.cli import entry_point, positive_int_arg
 from fmnist.pipeline.errors import PipelineError
@@ -117,3 +119,24 @@ def test_importing_any_module_changes_nothing_in_the_process():
     assert not found["pyplot"]
     assert found["threads"] == 1
     assert found["env"] == []
+
+
+COMMANDS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_help_keeps_the_line_breaks_of_its_description(command, capsys, columns):
+    module_name, function = COMMANDS[command].split(":")
+    module = importlib.import_module(module_name)
+    with pytest.raises(SystemExit) as info:
+        getattr(module, function)(["--help"])
+    assert info.value.code == 0
+    shown = [line.rstrip() for line in capsys.readouterr().out.splitlines()]
+    described = [line.rstrip() for line in (module.__doc__ or "").strip().splitlines()]
+    assert described and all(line in shown for line in described if line)
+
+
+@pytest.fixture
+def columns(monkeypatch):
+    """A terminal of 100 columns, so that argparse wraps what it would wrap for a user."""
+    monkeypatch.setenv("COLUMNS", "100")

@@ -10,8 +10,9 @@ import shlex
 from pathlib import Path
 
 import pytest
+import yaml
 
-from .conftest import ROOT
+from .conftest import PARAMS_HEADER, ROOT
 from .workflow_repo import BIN, MODELS, committed_repo, copy_repo, dvc, git, ran_stages
 
 # Real DVC queues, stores or several processes: `make test-system` (and CI) runs these.
@@ -50,6 +51,17 @@ def test_the_experiment_ran_only_model_2s_stages(repo):
     assert sorted(ran) == ["compare", "evaluate@model_2", "train@model_2"]
 
 
+def test_params_yaml_still_points_to_its_explanations_after_the_experiment(repo):
+    from .test_docs import CONFIGURATION, documented_keys, params_keys
+
+    rewritten = (repo / "params.yaml").read_text()
+    assert yaml.safe_load(rewritten)["models"]["model_2"]["hidden_units"] == 8  # DVC wrote it
+    header = rewritten.splitlines()[0]
+    assert header == PARAMS_HEADER and "docs/configuration.md" in header
+    assert (repo / "docs" / "configuration.md").read_text() == CONFIGURATION
+    assert set(params_keys(yaml.safe_load(rewritten))) <= set(documented_keys(CONFIGURATION))
+
+
 def test_exp_show_lists_the_experiment_under_its_baseline(shown):
     assert set(shown) == {"main", EXPERIMENT}
     base_params, _ = shown["main"]
@@ -64,14 +76,14 @@ def test_exp_show_lists_the_experiment_under_its_baseline(shown):
 def test_the_experiments_metrics_differ_from_the_baseline_for_model_2_only(shown, repo):
     _, base = shown["main"]
     _, exp = shown[EXPERIMENT]
-    assert list(exp) == list(base) == ["metrics.json"]
-    base, exp = base["metrics.json"], exp["metrics.json"]
+    assert list(exp) == list(base) == ["metrics/test.json"]
+    base, exp = base["metrics/test.json"], exp["metrics/test.json"]
     assert exp["model_2"]["loss"] != base["model_2"]["loss"]
     for model in ("model_0", "model_1"):
         assert exp[model] == base[model]
     # The run's results are applied to the workspace, and the committed baseline is untouched.
-    assert json.loads((repo / "metrics.json").read_text()) == exp
-    assert json.loads(git("show", "HEAD:metrics.json", cwd=repo)) == base
+    assert json.loads((repo / "metrics/test.json").read_text()) == exp
+    assert json.loads(git("show", "HEAD:metrics/test.json", cwd=repo)) == base
 
 
 def test_exp_show_names_metric_columns_by_model_and_metric_alone(shown, repo):
@@ -96,7 +108,10 @@ def test_a_second_identical_experiment_is_restored_from_the_run_cache(shown, rep
         assert ran_stages(output) == []
         for stage in ("train@model_2", "evaluate@model_2", "compare"):
             assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in output
-        assert json.loads((repo / "metrics.json").read_text()) == shown[name][1]["metrics.json"]
+        assert (
+            json.loads((repo / "metrics/test.json").read_text())
+            == shown[name][1]["metrics/test.json"]
+        )
 
 
 SWEEP = {"models.model_2.lr": (0.05, 0.2), "models.model_2.hidden_units": (4, 6)}

@@ -47,8 +47,8 @@ def test_code_changed_without_rerunning_fails(clone):
 
 def test_a_committed_result_that_differs_from_the_lock_fails(clone):
     # For example a stage re-run by hand whose new lock entry was never committed.
-    metrics = clone / "metrics.json"
+    metrics = clone / "metrics/test.json"
     metrics.write_text(metrics.read_text() + "\n")
     result = lockcheck(clone)
     assert result.returncode == 1
-    assert "compare (metrics.json modified)" in result.stderr
+    assert "compare (metrics/test.json modified)" in result.stderr

@@ -168,7 +168,7 @@ def test_accuracy_comparison_is_a_horizontal_bar_chart_in_model_order(plots, rep
     assert content["encoding"]["y"]["field"] == "model"
     accuracy = {row["model"]: float(row["accuracy"]) for row in content["data"]["values"]}
     for model in MODELS:
-        metrics = json.loads((repo / "metrics.json").read_text())[model]
+        metrics = json.loads((repo / "metrics/test.json").read_text())[model]
         assert accuracy[model] == pytest.approx(metrics["accuracy"], abs=1e-6)
     (y_axis,) = [a for a in render(content) if a.orient == "Y"]
     assert y_axis.labels == list(MODELS)

@@ -7,7 +7,7 @@ from fmnist.tools.change_report import accuracy_changes, failure_message, regres
 
 def _diff(**accuracy: tuple[float | None, float | None]) -> dict:
     return {
-        "metrics.json": {
+        "metrics/test.json": {
             f"{model}.{key}": {"old": old, "new": new}
             for model, (old, new) in accuracy.items()
             for key in ("accuracy", "loss")

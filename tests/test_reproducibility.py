@@ -71,7 +71,7 @@ def two_runs(tmp_path_factory, tiny_data) -> tuple[Path, Path]:
 
 
 def _files(root: Path) -> dict[str, Path]:
-    found = {"metrics.json": root / "metrics.json"}
+    found = {"metrics/test.json": root / "metrics/test.json"}
     for folder in OUTPUT_DIRS:
         for path in (root / folder).rglob("*"):
             if path.is_file():
@@ -112,5 +112,10 @@ def test_dvc_records_the_same_hashes_for_every_output(two_runs):
 
     first, second = (outs(root) for root in two_runs)
     assert first == second
-    expected = {"models/model_2.pth", "data/prepared", "metrics.json", "plots/train/model_2.csv"}
+    expected = {
+        "models/model_2.pth",
+        "data/prepared",
+        "metrics/test.json",
+        "plots/train/model_2.csv",
+    }
     assert expected <= set(first)

@@ -17,7 +17,17 @@ from PIL import Image
 
 from .conftest import ROOT, make_split, tiny_params, write_params
 from .s3_store import REMOTE, URL, Server
-from .workflow_repo import BIN, MODELS, committed_repo, copy_repo, dvc, git, ran_stages, run
+from .workflow_repo import (
+    BIN,
+    MODELS,
+    committed_repo,
+    copy_repo,
+    dvc,
+    git,
+    ran_stages,
+    run,
+    run_unchecked,
+)
 
 # Real DVC queues, stores or several processes: `make test-system` (and CI) runs these.
 pytestmark = pytest.mark.system
@@ -66,12 +76,14 @@ def clone_a(tmp_path_factory, tiny_data, server) -> Path:
 
 @pytest.fixture(scope="module")
 def clone_b(tmp_path_factory, clone_a, server) -> Path:
-    """A fresh `git clone` of A that pulled, run-cache included."""
+    """A fresh `git clone` of A that pulled as `make pull` does, run-cache included."""
     root = tmp_path_factory.mktemp("sharing") / "b"
     git("clone", "-q", str(clone_a), str(root), cwd=clone_a.parent)
     git("config", "user.email", "b@example.com", cwd=root)
     git("config", "user.name", "b", cwd=root)
-    (root / ".git" / "pull.log").write_text(dvc_with(server, "pull", "--run-cache", cwd=root))
+    # `make pull`: dvc pull --run-cache, and the objects of the run-cache's metrics and plots.
+    command = [str(BIN / "python"), "-m", "fmnist.tools.remote", "pull"]
+    (root / ".git" / "pull.log").write_text(run(command, root, server.credentials))
     return root
 
 
@@ -110,6 +122,28 @@ def test_predict_works_in_the_fresh_clone_with_the_pulled_weights(clone_b):
     command = [str(BIN / "python"), "-m", "fmnist.tools.predict", "--model", "model_2", str(path)]
     shown = run(command, clone_b)
     assert "item.png" in shown and "%" in shown
+
+
+def test_a_pulled_clone_restores_a_failed_stage_once_its_param_is_back(clone_b, tiny_data):
+    # The troubleshooting page's promise, on a clone that only pulled: a bad lr fails the stage
+    # after DVC removed its outputs; with the value back, `dvc repro` restores, never trains.
+    weights = (clone_b / "models/model_2.pth").read_bytes()
+    curves = {
+        p: (clone_b / p).read_bytes()
+        for p in ("plots/train/model_2.csv", "plots/steps/model_2.csv")
+    }
+    write_params(clone_b / "params.yaml", tiny_params(tiny_data, model_2={"lr": -0.1}))
+    failed = run_unchecked([str(BIN / "dvc"), "repro"], clone_b)
+    assert failed.returncode != 0 and "models.model_2.lr" in failed.stdout + failed.stderr
+    assert not (clone_b / "models/model_2.pth").exists()  # DVC removed the outputs first
+
+    git("checkout", "params.yaml", cwd=clone_b)
+    output = dvc("repro", cwd=clone_b)
+    assert ran_stages(output) == []
+    assert "Stage 'train@model_2' is cached - skipping run, checking out outputs" in output
+    assert (clone_b / "models/model_2.pth").read_bytes() == weights
+    assert {p: (clone_b / p).read_bytes() for p in curves} == curves
+    assert git("status", "--porcelain", cwd=clone_b) == ""
 
 
 @pytest.fixture(scope="module")
@@ -165,8 +199,8 @@ def test_a_result_computed_in_one_clone_is_restored_in_another_from_the_run_cach
     assert ran_stages(output) == []
     for stage in ("train@model_1", "evaluate@model_1", "compare"):
         assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in output
-    produced = json.loads((root / "metrics.json").read_text())["model_1"]
-    assert produced != json.loads((clone_a / "metrics.json").read_text())["model_1"]
+    produced = json.loads((root / "metrics/test.json").read_text())["model_1"]
+    assert produced != json.loads((clone_a / "metrics/test.json").read_text())["model_1"]
 
 
 def registry_commands() -> list[str]:

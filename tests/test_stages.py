@@ -103,7 +103,7 @@ def test_train_evaluate_compare(prepared):
     )
     assert table[1].startswith("model_0,linear,") and len(table) == 2
     # The metrics file: the test scores alone, under the model's name.
-    metrics = json.loads((prepared / "metrics.json").read_text())
+    metrics = json.loads((prepared / "metrics/test.json").read_text())
     assert metrics == {"model_0": {"accuracy": scores["accuracy"], "loss": scores["loss"]}}
     epochs = (prepared / "plots/comparison/epochs.csv").read_text().splitlines()
     assert epochs[0] == "model,epoch,train_loss,train_accuracy,test_loss,test_accuracy"

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,7 +25,6 @@ import pytest
 import yaml
 
 from fmnist.pipeline.processes import kill_all, spawn, stop_group, tagged
-from fmnist.tools import sweep
 from fmnist.tools.sweep import (
     TAG_ENV,
     Experiment,
@@ -137,6 +137,36 @@ def test_a_grid_with_two_workers_succeeds_and_is_listed_once(swept):
     assert csv.count("\n") == 5 and "runtime.threads" not in csv.splitlines()[0]
     assert (root / "sweep" / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert workers(root) == []
+    # While it waited, a timed line as each experiment started and ended.
+    ended = re.findall(r"^\[\d+:\d\d\] (\S+): success \((\d) of 4 ended\)$", result.stdout, re.M)
+    assert sorted(name for name, _ in ended) == sorted(experiments)
+    assert sorted(count for _, count in ended) == ["1", "2", "3", "4"]
+    assert re.search(r"^\[\d+:\d\d\] \S+: started$", result.stdout, re.M)
+
+
+def test_push_without_a_dvc_remote_pushes_the_commits_and_succeeds(swept, tmp_path):
+    # No DVC remote in this clone: the experiments' commits (params, metrics and plots, all in
+    # git) still go to the git remote, and the sweep says that only they went.
+    root = copy_repo(swept[0], tmp_path / "repo")
+    team = tmp_path / "team.git"
+    git("init", "-q", "--bare", str(team), cwd=tmp_path)
+    git("remote", "add", "team", str(team), cwd=root)
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    args = [arg for o in GRID for arg in ("-S", o)]
+    result = subprocess.run(
+        [sys.executable, "-m", "fmnist.tools.sweep", *args, "--push", "team"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "already run under this commit, kept" in result.stdout  # nothing trained again
+    assert "pushed 4 experiments to team" in result.stdout
+    assert "no DVC remote: only their commits (params, metrics, plots) were pushed" in result.stdout
+    refs = git("ls-remote", str(team), "refs/exps/*", cwd=root).splitlines()
+    assert len(refs) == 4
 
 
 def test_parallel_workers_keep_the_thread_count_that_params_yaml_sets(swept):
@@ -157,7 +187,7 @@ def test_the_parallel_results_equal_one_at_a_time_runs(swept, tmp_path):
         data = rev["data"]
         model_2 = data["params"]["params.yaml"]["data"]["models"]["model_2"]
         alone = one_at_a_time(root, tmp_path / name, model_2["lr"], model_2["hidden_units"])
-        assert data["metrics"]["metrics.json"]["data"]["model_2"] == alone
+        assert data["metrics"]["metrics/test.json"]["data"]["model_2"] == alone
 
 
 def test_a_diverging_experiment_is_reported_and_the_others_complete(
@@ -175,7 +205,7 @@ def test_a_diverging_experiment_is_reported_and_the_others_complete(
     # The reason, from the experiment's own log, next to its name.
     assert f"{name} failed: error: model_0: training loss became nan" in result.stdout
     for other in good:
-        metrics = rows[other][0]["data"]["metrics"]["metrics.json"]["data"]
+        metrics = rows[other][0]["data"]["metrics"]["metrics/test.json"]["data"]
         assert 0 <= metrics["model_0"]["accuracy"] <= 1
         # Two workers, and still only model_0's stages ran: the sweep changed no other param.
         log = dvc("queue", "logs", other, cwd=root)
@@ -205,46 +235,6 @@ def test_a_run_that_dvc_failed_is_told_from_one_the_pipeline_failed():
     assert dvc_failed("")
     stage = "error: model_0: training loss became nan at batch 1 of 15 in epoch 1 with lr 1e6"
     assert not dvc_failed(f"> python stages/train.py --model model_0\n{stage}\n")
-
-
-def fake_queue(monkeypatch, statuses: list[str]) -> list[tuple[str, ...]]:
-    """Make the sweep's DVC calls answer `queue status` with `statuses` in turn; record calls."""
-    calls: list[tuple[str, ...]] = []
-
-    def dvc(*args: str, **options) -> str:
-        calls.append(args)
-        if args[:2] == ("queue", "status"):
-            return statuses.pop(0) if len(statuses) > 1 else statuses[0]
-        return ""
-
-    monkeypatch.setattr(sweep, "run_dvc", dvc)
-    monkeypatch.setattr(sweep, "POLL_S", 0)
-    monkeypatch.setattr(sweep, "IDLE_S", 0)
-    return calls
-
-
-def status(*rows: tuple[str, str], workers: int) -> str:
-    lines = ["Task     Name        Created    Status"]
-    lines += [f"abc1234  {name}  04:27 AM   {state}" for name, state in rows]
-    return "\n".join([*lines, "", f"Worker status: {workers} active, 0 idle"])
-
-
-def test_workers_that_stop_with_experiments_queued_are_started_again(monkeypatch):
-    stalled = status(("a", "Success"), ("b", "Queued"), workers=0)
-    done = status(("a", "Success"), ("b", "Success"), workers=1)
-    calls = fake_queue(monkeypatch, [stalled, done])
-    assert sweep.run_queue(["a", "b"], 2, {}, timeout_s=5) == {"a": "Success", "b": "Success"}
-    assert calls.count(("queue", "start", "--jobs", "2")) == 2
-
-
-def test_an_experiment_no_worker_will_run_is_reported_lost(monkeypatch):
-    calls = fake_queue(monkeypatch, [status(("a", "Failed"), ("b", "Queued"), workers=0)])
-    assert sweep.run_queue(["a", "b", "c"], 2, {}, timeout_s=5) == {
-        "a": "Failed",
-        "b": "Lost",
-        "c": "Lost",  # not even in the queue any more
-    }
-    assert calls.count(("queue", "start", "--jobs", "2")) == 3
 
 
 # A grid across machines. Each shard runs its experiments one at a time with params.yaml's thread

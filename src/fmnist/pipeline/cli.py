@@ -25,7 +25,10 @@ DEBUG_ENV = "FMNIST_DEBUG"
 
 def command_parser(description: str | None, prog: str | None = None) -> argparse.ArgumentParser:
     """Return a parser that takes `--debug`, for a stage or a tool."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    # Raw: the description is a docstring whose lines (usage examples, lists) must stay lines.
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--debug",
         action="store_true",

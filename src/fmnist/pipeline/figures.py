@@ -7,7 +7,9 @@ the compare stage imports this module, which spares the others matplotlib's impo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib.util
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from fmnist.pipeline.atomic import atomic_path
 # No software/version stamp in PNGs, so identical inputs give identical bytes.
 PNG_METADATA = {"Software": None}
 RIGHT, WRONG = "green", "red"
+_MLXTEND_CONFUSION = "fmnist_mlxtend_plot_confusion_matrix"
 
 
 def new_figure(figsize: tuple[float, float]) -> Figure:
@@ -47,14 +50,17 @@ def image_grid(
     colors: Sequence[str] | None = None,
 ) -> None:
     """Draw grayscale images in a rows x cols grid, each titled (and optionally coloured)."""
-    fig = new_figure((2.2 * cols, 2.3 * rows))
+    lines = max((title.count("\n") + 1 for title in titles), default=1)
+    fig = new_figure((2.2 * cols, (2.1 + 0.2 * lines) * rows))
     axes = fig.subplots(rows, cols)
     for i, ax in enumerate(np.asarray(axes).ravel()):
         ax.axis("off")
         if i < len(images):
             ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
             color = colors[i] if colors is not None else "black"
-            ax.set_title(titles[i], fontsize=9, color=color)
+            # A fixed y spares matplotlib placing each title around its axes' ticks on every
+            # draw (there are none: the axes are off), which was most of the grid's time.
+            ax.set_title(titles[i], fontsize=9, color=color, y=1.0)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -84,19 +90,43 @@ def prediction_grid(
     rows: int = 3,
     cols: int = 3,
 ) -> None:
-    """Draw random images titled 'Pred: X | Truth: Y', green when right and red when wrong."""
+    """Draw random images titled 'Pred: X', 'Truth: Y', green when right and red when wrong."""
     chosen = pick(len(images), rows * cols, seed)
     pairs = [(int(predictions[i]), int(truths[i])) for i in chosen]
-    titles = [f"Pred: {classes[p]} | Truth: {classes[t]}" for p, t in pairs]
+    # Two lines: on one, the titles of neighbouring images ran into each other.
+    titles = [f"Pred: {classes[p]}\nTruth: {classes[t]}" for p, t in pairs]
     colors = [RIGHT if p == t else WRONG for p, t in pairs]
     image_grid(images[chosen], titles, path, rows, cols, colors)
+
+
+def _mlxtend_confusion_matrix() -> Callable[..., tuple[Figure, Axes]]:
+    """mlxtend's plot_confusion_matrix, loaded from its own module file.
+
+    `from mlxtend.plotting import ...` runs the package's __init__, which imports scikit-learn
+    for other plots: 0.7 s of the compare stage. The function's module needs only pyplot and
+    numpy. Should a release move the file, the package import still works, only slower.
+    """
+    module = sys.modules.get(_MLXTEND_CONFUSION)
+    found = importlib.util.find_spec("mlxtend") if module is None else None
+    if found is not None and found.origin and "mlxtend.plotting" not in sys.modules:
+        file = Path(found.origin).parent / "plotting" / "plot_confusion_matrix.py"
+        if file.is_file():
+            spec = importlib.util.spec_from_file_location(_MLXTEND_CONFUSION, file)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            sys.modules[_MLXTEND_CONFUSION] = module
+    if module is not None:
+        return module.plot_confusion_matrix
+    from mlxtend.plotting import plot_confusion_matrix
+
+    return plot_confusion_matrix
 
 
 def confusion_figure(matrix: np.ndarray, classes: Sequence[str], title: str) -> tuple[Figure, Axes]:
     """Draw a confusion matrix with mlxtend, as the lesson does: true classes in rows."""
     import matplotlib.pyplot as plt
-    from mlxtend.plotting import plot_confusion_matrix
 
+    plot_confusion_matrix = _mlxtend_confusion_matrix()
     # mlxtend labels pyplot's current axes, so the figure must be pyplot's; on Agg, never a
     # window. Set here, not at import, so that importing this module changes nothing.
     plt.switch_backend("agg")

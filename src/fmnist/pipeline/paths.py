@@ -14,7 +14,7 @@ SCORES_DIR = DATA_ROOT / "scores"  # each model's test scores and run facts, fro
 CLASSES_FILE = "classes.json"  # the class names, in label order, beside the prepared tensors
 MODELS_DIR = Path("models")
 # Every model's test accuracy and loss, from compare: the one file `dvc metrics` reads.
-METRICS_FILE = Path("metrics.json")
+METRICS_FILE = Path("metrics") / "test.json"
 # Each model's last training time on this machine: no DVC output (it differs on every run) and
 # not in git, read by the report's table when present.
 TIMINGS_DIR = Path("timings")

@@ -3,6 +3,7 @@
 Metrics and params diffs come from `dvc metrics diff --md` and `dvc params diff --md`. Metrics are
 committed to git, so the base needs no DVC remote. Run it after `dvc repro`:
 
+    fmnist-report                                  # the workspace against HEAD, to stdout
     fmnist-report --base origin/main --out report.md
     fmnist-report --base origin/main --fail-on-regression   # exit 1 if a model got worse
 """
@@ -163,8 +164,10 @@ def build_report(
 @entry_point
 def main(argv: Sequence[str] | None = None) -> None:
     """Write the report to a file or to stdout; with --fail-on-regression, then apply the gate."""
-    parser = command_parser(__doc__.splitlines()[0])
-    parser.add_argument("--base", required=True, help="revision to compare with, e.g. origin/main")
+    parser = command_parser(__doc__, prog="fmnist-report")
+    parser.add_argument(
+        "--base", default="HEAD", help="revision to compare with, e.g. origin/main (default HEAD)"
+    )
     parser.add_argument("--out", type=Path, help="write the report here instead of stdout")
     parser.add_argument("--params", default="params.yaml", help="parameters file (for the gate)")
     parser.add_argument(

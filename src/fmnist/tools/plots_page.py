@@ -184,7 +184,7 @@ def write_page(plots: dict[str, Any], out_dir: Path) -> Path:
 @entry_point
 def main(argv: Sequence[str] | None = None) -> None:
     """Write the offline page for the workspace, or for the given revisions."""
-    parser = command_parser(__doc__.splitlines()[0])
+    parser = command_parser(__doc__, prog="fmnist-plots")
     parser.add_argument("revisions", nargs="*", help="revisions to compare, as `dvc plots diff`")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the page")
     parser.add_argument(

@@ -49,10 +49,7 @@ class Prediction:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the command's argument parser."""
-    parser = command_parser(
-        "Classify your own images of clothing with a trained Fashion-MNIST model.",
-        prog="fmnist-predict",
-    )
+    parser = command_parser(__doc__, prog="fmnist-predict")
     parser.add_argument(
         "images", nargs="+", metavar="IMAGE", help="image files: PNG, JPEG, GIF, BMP, WebP, TIFF"
     )

@@ -5,6 +5,7 @@
     fmnist-remote which          # `local-store` while the store runs, else nothing (for make)
     fmnist-remote check [NAME]   # reach the remote with its credentials, or say why not
     fmnist-remote push [NAME]    # dvc push --run-cache, and what restoring runs needs
+    fmnist-remote pull [NAME]    # dvc pull --run-cache, and what restoring runs needs
 
 The store keeps its objects, credentials and log under `.storage/` (git-ignored), so a restart
 finds what was pushed before. Its credentials are made at the first start and written only to
@@ -565,6 +566,12 @@ def remove_sockets(store: Store) -> list[Path]:
     return removed
 
 
+NO_REMOTE = (
+    "no DVC remote to use: `make storage` starts a local one, or "
+    "`dvc remote add --default NAME URL` names the team's (docs/sharing.md)"
+)
+
+
 def which(root: Path = STORE_DIR) -> str | None:
     """The remote `make push`/`pull` use: the local store's while it runs, else None (default)."""
     store = load_store(root)
@@ -591,14 +598,21 @@ def _remote_error(name: str, url: str, exc: BaseException, hidden: Sequence[str]
 def check_remote(name: str | None = None) -> str:
     """Reach a DVC remote (the default one if `name` is None) and list its top; say why not."""
     from botocore.exceptions import BotoCoreError
+    from dvc.config import NoRemoteError, RemoteNotFoundError
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
     with Repo() as repo:
         try:
             remote = repo.cloud.get_remote(name)
+        except NoRemoteError:
+            raise PipelineError(NO_REMOTE) from None
+        except RemoteNotFoundError:
+            raise PipelineError(
+                f"no DVC remote named {name!r} (`dvc remote list` shows those there are)"
+            ) from None
         except DvcException as exc:
-            raise PipelineError(str(exc)) from None
+            raise PipelineError(" ".join(str(exc).split())) from None
         label = remote.name or name or "default"
         section = repo.config["remote"][label]
         url = section["url"]
@@ -670,6 +684,42 @@ def push(name: str | None = None) -> None:
     print(f"{sent} more objects pushed for the run-cache's metrics and plots")
 
 
+def pull_run_cache_outputs(name: str | None = None) -> int:
+    """Fetch the objects of every run-cache entry's outputs; return how many were fetched."""
+    # The other half of `push_run_cache_outputs`: `dvc pull --run-cache` brings the entries
+    # but not the objects of their `cache: false` outputs, without which no run restores.
+    from dvc.repo import Repo
+    from dvc_data.hashfile.hash_info import HashInfo
+
+    fetched = 0
+    with Repo() as repo:
+        local = repo.cache.local
+        for _ in range(2):  # a folder's listing first, then the files it lists
+            missing = {md5 for md5 in run_cache_objects(repo) if not local.exists(md5)}
+            if not missing:
+                break
+            result = repo.cloud.pull({HashInfo("md5", md5) for md5 in missing}, remote=name)
+            fetched += len(result.transferred)
+    return fetched
+
+
+def pull(name: str | None = None) -> None:
+    """Pull outputs and run-cache, with what restoring each run needs, from the remote."""
+    print(check_remote(name))
+    command = [
+        sys.executable,
+        "-m",
+        "dvc",
+        "pull",
+        "--run-cache",
+        *([] if name is None else ["-r", name]),
+    ]
+    if subprocess.run(command).returncode != 0:
+        raise PipelineError("`dvc pull --run-cache` failed (its error is above)")
+    fetched = pull_run_cache_outputs(name)
+    print(f"{fetched} more objects pulled for the run-cache's metrics and plots")
+
+
 @entry_point
 def main(argv: Sequence[str] | None = None) -> None:
     """Start or stop the local store, or check a remote."""
@@ -682,7 +732,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     sync = commands.add_parser(
         "push", help="dvc push --run-cache, plus the objects restoring each run needs"
     )
-    for sub in (check, sync):
+    fetch = commands.add_parser(
+        "pull", help="dvc pull --run-cache, plus the objects restoring each run needs"
+    )
+    for sub in (check, sync, fetch):
         sub.add_argument("name", nargs="?", help="remote name (default: the default remote)")
     args = parser.parse_args(argv)
     if args.command == "start":
@@ -698,6 +751,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(which() or "")
     elif args.command == "push":
         push(args.name)
+    elif args.command == "pull":
+        pull(args.name)
     else:
         print(check_remote(args.name))
 

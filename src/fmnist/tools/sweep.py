@@ -3,12 +3,12 @@
     fmnist-sweep --jobs 2 -S 'models.model_2.lr=0.05,0.1' -S 'models.model_0.lr=0.1,0.2'
 
 queues every combination (`dvc exp run --queue`), each as an experiment named after its values,
-starts `dvc queue start --jobs N`, waits
-for every experiment to end, prints a table of the swept params and each model's test accuracy
-and loss, draws them, and shows the log (`dvc queue logs`) of any experiment that failed. A
-combination that already ran under the commit is kept, not run again. On Ctrl-C, SIGTERM, its
-time limit or an error, it stops what it started: the queue's workers and every experiment they
-run. `fmnist-sweep --stop` does the same for a sweep whose tool was killed.
+starts `dvc queue start --jobs N`, waits for every experiment to end (printing a line as each
+starts and ends), prints a table of the swept params and each model's test accuracy and loss, draws
+them, and shows the log (`dvc queue logs`) of any experiment that failed. A combination that
+already ran under the commit is kept, not run again. On Ctrl-C, SIGTERM, its time limit or an
+error, it stops what it started: the queue's workers and every experiment they run. `fmnist-sweep
+--stop` does the same for a sweep whose tool was killed.
 
 Across machines or CI jobs, `--shard K/N` runs the K-th of N shares of the grid, `--push` sends
 what ran to a git remote (and its outputs and the run-cache to the DVC remote), and `--gather`
@@ -140,17 +140,49 @@ def queue_status(env: Mapping[str, str]) -> tuple[dict[str, str], int]:
     return states, workers
 
 
+def clock(seconds: float) -> str:
+    """Elapsed seconds as m:ss (h:mm:ss past an hour), for progress lines."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+@dataclass
+class Progress:
+    """Tells, one line each, when an experiment starts and ends, timed from the sweep's start."""
+
+    total: int
+    start: float = field(default_factory=time.monotonic)
+    last: dict[str, str] = field(default_factory=dict)
+
+    def lines(self, states: Mapping[str, str], now: float | None = None) -> list[str]:
+        """The lines for what changed since the last call (a state seen again says nothing)."""
+        stamp = clock((time.monotonic() if now is None else now) - self.start)
+        said = []
+        for name, state in states.items():
+            if self.last.get(name) == state:
+                continue
+            self.last[name] = state
+            if state == "Running":
+                said.append(f"[{stamp}] {name}: started")
+            elif state in (*DONE, "Lost"):
+                ended = sum(s in (*DONE, "Lost") for s in self.last.values())
+                said.append(f"[{stamp}] {name}: {state.lower()} ({ended} of {self.total} ended)")
+        return said
+
+
 def run_queue(
     names: Sequence[str],
     jobs: int,
     env: Mapping[str, str],
     timeout_s: float,
     seen: dict[str, str] | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, str]:
     """Start `jobs` workers and wait until every experiment in `names` has ended (or is lost).
 
     `seen` is kept up to date with each experiment's last known state, for a caller that is
-    interrupted meanwhile.
+    interrupted meanwhile; `progress` prints a line as each experiment starts and ends.
     """
     # DVC's workers can stop while experiments are still queued (dvc#10562, seen with
     # --jobs > 1); an experiment is then never run. Start them again when that happens, and
@@ -163,6 +195,8 @@ def run_queue(
         mine = {name: states.get(name, "Lost") for name in names}
         if seen is not None:
             seen.update(mine)
+        for line in progress.lines(mine) if progress is not None else []:
+            print(line, flush=True)
         if all(state in (*DONE, "Lost") for state in mine.values()):
             return mine
         running = any(state == "Running" for state in mine.values())
@@ -492,19 +526,33 @@ def not_busy(env: Mapping[str, str]) -> None:
         )
 
 
-def has_dvc_remote(remote: str | None, env: Mapping[str, str]) -> bool:
-    """Whether there is a DVC remote to send outputs to: `remote`, or a default one."""
-    return bool(remote) or bool(run_dvc("remote", "default", env=env, check=False).strip())
+def has_dvc_remote(remote: str | None) -> bool:
+    """Whether there is a DVC remote for outputs: `remote`, which must exist, or a default one."""
+    # Read from DVC's merged config (config.local included), not `dvc remote default`, which
+    # prints "No default remote set" to stdout when there is none.
+    from dvc.repo import Repo
+
+    with Repo() as repo:
+        if remote is None:
+            return bool(repo.config["core"].get("remote"))
+        if remote not in repo.config["remote"]:
+            raise PipelineError(
+                f"no DVC remote named {remote!r} (`dvc remote list` shows those there are)"
+            )
+        return True
 
 
 def share(
-    names: Sequence[str], git_remote: str, remote: str | None, env: Mapping[str, str]
+    names: Sequence[str],
+    git_remote: str,
+    remote: str | None,
+    env: Mapping[str, str],
+    outputs: bool,
 ) -> None:
-    """Push experiments to a git remote, and their outputs and the run-cache to the DVC remote."""
+    """Push experiments to a git remote, and (`outputs`) their outputs and run-cache to DVC's."""
     if not names:
         print(f"nothing new to push to {git_remote}")
         return
-    outputs = has_dvc_remote(remote, env)
     # `dvc exp push` reads the DVC remote from each experiment's committed .dvc/config (and the
     # clone's config.local): a remote added to .dvc/config after the commit is not seen.
     run_dvc(
@@ -545,6 +593,8 @@ def sweep(
     """
     env = worker_env()
     not_busy(env)
+    # Before anything runs: a misnamed DVC remote is an error now, not after the training.
+    outputs = has_dvc_remote(remote) if git_remote else False
     index, count = part
     if count > 1 or git_remote:
         clean_workspace()
@@ -583,7 +633,8 @@ def sweep(
             print(f"running them with {jobs} worker{'s' if jobs > 1 else ''}", flush=True)
             # Nothing but `dvc queue status` runs while the workers do: `dvc exp show` fails now
             # and then when it runs meanwhile, and takes git locks the workers need (dvc#8763).
-            states.update(run_queue(todo, jobs, env, timeout_s, seen))
+            progress = Progress(len(todo))
+            states.update(run_queue(todo, jobs, env, timeout_s, seen, progress))
             logs = {n: queue_log(n, env) for n in todo if states[n] == "Failed"}
             retry = [name for name in todo if name in logs and dvc_failed(logs[name])]
             if retry:
@@ -592,7 +643,7 @@ def sweep(
                     queue(queued[name], name, env)
                     print(f"{name} failed in DVC, not in the pipeline: queued it again")
                     seen[name] = "Queued"
-                states.update(run_queue(retry, jobs, env, timeout_s, seen))
+                states.update(run_queue(retry, jobs, env, timeout_s, seen, progress))
     except BaseException:
         # Ctrl-C, SIGTERM, the time limit or an error: end every process the sweep started,
         # keep what finished, and report the rest as stopped.
@@ -604,7 +655,7 @@ def sweep(
             report(experiments, keys, out)
             if git_remote:  # a cancelled CI job keeps what it finished
                 finished = [e.name for e in experiments if e.metrics and e.name not in pushed]
-                share(finished, git_remote, remote, env)
+                share(finished, git_remote, remote, env, outputs)
         print(f"stopped {len(stopped)} experiments: {', '.join(stopped) or 'none'}", flush=True)
         raise
     if todo and (survivors := stop_workers(env)):
@@ -614,7 +665,7 @@ def sweep(
     print(f"ran {len(todo)} in {time.perf_counter() - start:.1f} s", flush=True)
     if git_remote:
         finished = [e.name for e in experiments if e.metrics and e.name not in pushed]
-        share(finished, git_remote, remote, env)
+        share(finished, git_remote, remote, env, outputs)
     return experiments
 
 
@@ -634,7 +685,7 @@ def gather(
             "exp",
             "pull",
             *(["-r", remote] if remote else []),
-            *([] if has_dvc_remote(remote, env) else ["--no-cache"]),
+            *([] if has_dvc_remote(remote) else ["--no-cache"]),
             git_remote,
             *fetch,
             env=env,
@@ -685,7 +736,7 @@ def _terminated(signum: int, frame: object) -> None:
 
 def parser() -> argparse.ArgumentParser:
     """The command line: -S overrides as DVC takes them, workers, time limit, output."""
-    p = command_parser(__doc__.split("\n")[0], prog="fmnist-sweep")
+    p = command_parser(__doc__, prog="fmnist-sweep")
     p.add_argument(
         "-S",
         "--set-param",
