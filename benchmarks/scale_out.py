@@ -24,9 +24,9 @@ from pathlib import Path
 
 import yaml
 
+from fmnist.experiments.queue import queue as queue_grid
+from fmnist.experiments.queue import run_queue, worker_env
 from fmnist.pipeline.atomic import write_json
-from fmnist.tools.sweep import queue as queue_grid
-from fmnist.tools.sweep import run_queue, worker_env
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ["models.model_2.lr=0.05,0.2", "models.model_2.hidden_units=10,20"]

@@ -9,7 +9,7 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-from fmnist.tools.remote import (
+from fmnist.experiments.remote import (
     Store,
     new_store,
     remove_sockets,

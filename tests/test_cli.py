@@ -83,8 +83,8 @@ IMPORT_ALL = """
 import importlib, json, os, pkgutil, signal, sys, threading
 os.umask(0o027)
 handlers = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)]
-import fmnist.pipeline, fmnist.tools
-names = [f"{pkg.__name__}.{m.name}" for pkg in (fmnist.pipeline, fmnist.tools)
+import fmnist.experiments, fmnist.pipeline, fmnist.tools
+names = [f"{pkg.__name__}.{m.name}" for pkg in (fmnist.pipeline, fmnist.tools, fmnist.experiments)
          for m in pkgutil.iter_modules(pkg.__path__)]
 for name in names:
     importlib.import_module(name)

@@ -62,6 +62,7 @@ def test_deps_list_the_script_and_exactly_the_library_modules_it_uses(stage):
 
 PIPELINE = SRC / "fmnist" / "pipeline"
 TOOLS = SRC / "fmnist" / "tools"
+EXPERIMENTS = SRC / "fmnist" / "experiments"
 
 
 @pytest.mark.parametrize("stage", list(STAGES))
@@ -78,6 +79,26 @@ def test_the_pipeline_library_never_imports_the_tools():
         assert not [m for m in imported if not m.startswith("fmnist.pipeline.")], module.name
     tools = {path.stem for path in TOOLS.glob("*.py")} - {"__init__"}
     assert {"predict", "change_report", "plots_page", "benchmark"} <= tools
+
+
+def test_the_experiments_package_imports_no_tool_and_no_module_imports_back_in_a_loop():
+    # The grid, the search and what they share form one package; its modules import the
+    # pipeline library and each other, never the tools, and in one direction only.
+    graph = {}
+    for module in EXPERIMENTS.glob("*.py"):
+        imported = _fmnist_imports(module)
+        assert not [m for m in imported if m.startswith("fmnist.tools")], module.name
+        graph[module.stem] = {
+            m.rsplit(".", 1)[1] for m in imported if m.startswith("fmnist.experiments.")
+        }
+
+    def reaches(start: str, goal: str, seen: frozenset = frozenset()) -> bool:
+        return any(
+            nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt}))
+            for nxt in graph.get(start, ())
+        )
+
+    assert not [name for name in graph if reaches(name, name)]
 
 
 def test_package_init_files_hold_no_code():
@@ -148,7 +169,7 @@ def test_stages_import_only_what_they_need(stage, forbidden):
     ).stdout
     loaded = json.loads(out)
     assert forbidden.isdisjoint(loaded)
-    assert not [m for m in loaded if m.startswith("fmnist.tools")]
+    assert not [m for m in loaded if m.startswith(("fmnist.tools", "fmnist.experiments"))]
 
 
 def test_every_model_is_a_registered_artifact_with_its_weights():

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from fmnist.experiments import grid, queue, stop
+from fmnist.experiments.grid import combinations, expand, experiment_name, parse_shard, shard
 from fmnist.pipeline.errors import PipelineError
-from fmnist.tools import grid, sweep
-from fmnist.tools.grid import combinations, expand, experiment_name, parse_shard, shard
 
 GRID = ["models.model_2.lr=0.05,0.1,0.2", "models.model_2.hidden_units=4,6", "runtime.seed=1,2"]
 
@@ -86,12 +86,12 @@ def test_the_workspace_tree_is_empty_when_clean_and_follows_the_edits(tmp_path, 
 
 def test_a_sweep_does_not_start_while_another_runs_in_the_repository(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    env = sweep.worker_env()
+    env = queue.worker_env()
     other = subprocess.Popen(["sleep", "30"], env=env)
     try:
         with pytest.raises(PipelineError, match="a sweep of this repository is running"):
-            sweep.not_busy(env)
+            stop.not_busy(env)
     finally:
         other.kill()
         other.wait()
-    sweep.not_busy(env)
+    stop.not_busy(env)

@@ -15,9 +15,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from fmnist.experiments import remote
 from fmnist.pipeline.errors import PipelineError
 from fmnist.pipeline.processes import Owned, kill_all, spawn, stop_group
-from fmnist.tools import remote
 
 from .conftest import ROOT
 from .workflow_repo import dvc, git
@@ -137,7 +137,7 @@ def test_every_file_holding_the_secret_is_0600_and_no_argv_or_message_shows_it(
     remote.stop()
     capsys.readouterr()
     result = subprocess.run(
-        [sys.executable, "-m", "fmnist.tools.remote", "check", remote.REMOTE_NAME],
+        [sys.executable, "-m", "fmnist.experiments.remote", "check", remote.REMOTE_NAME],
         capture_output=True,
         text=True,
         timeout=120,

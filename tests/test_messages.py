@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from fmnist.experiments import remote
+from fmnist.experiments.share import has_dvc_remote
 from fmnist.pipeline.errors import PipelineError
-from fmnist.tools import remote
-from fmnist.tools.sweep import has_dvc_remote
 
 
 @pytest.fixture

@@ -130,8 +130,13 @@ def test_changing_the_accuracy_gate_reruns_nothing(repo, tiny_data):
 
 
 def test_editing_a_tool_reruns_nothing_and_editing_the_library_reruns_its_stages(repo):
-    # Tools (src/fmnist/tools/) are no stage's dependency; the pipeline library is.
-    edited = [*(repo / "src/fmnist/tools").glob("*.py"), repo / "src/fmnist/pipeline/figures.py"]
+    # Tools and experiments (src/fmnist/tools/, src/fmnist/experiments/) are no stage's
+    # dependency; the pipeline library is.
+    edited = [
+        *(repo / "src/fmnist/tools").glob("*.py"),
+        *(repo / "src/fmnist/experiments").glob("*.py"),
+        repo / "src/fmnist/pipeline/figures.py",
+    ]
     originals = {path: path.read_text() for path in edited}
     try:
         for path in edited[:-1]:

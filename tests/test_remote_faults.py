@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fmnist.tools.remote import s3_client
+from fmnist.experiments.remote import s3_client
 
 from .s3_store import BUCKET, REMOTE, URL, Server, corrupt_cache_files
 from .test_faults import wait_for
@@ -158,8 +158,8 @@ def json_status(root: Path) -> dict:
 
 
 def remote_check(root: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """`python -m fmnist.tools.remote check` in `root`."""
-    command = [sys.executable, "-m", "fmnist.tools.remote", "check"]
+    """`python -m fmnist.experiments.remote check` in `root`."""
+    command = [sys.executable, "-m", "fmnist.experiments.remote", "check"]
     return run_unchecked(command, root, env, timeout=60)
 
 

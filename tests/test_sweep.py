@@ -24,15 +24,9 @@ import psutil
 import pytest
 import yaml
 
+from fmnist.experiments.queue import TAG_ENV, Experiment, dvc_failed, sweep_keys
+from fmnist.experiments.report import format_table, table
 from fmnist.pipeline.processes import kill_all, spawn, stop_group, tagged
-from fmnist.tools.sweep import (
-    TAG_ENV,
-    Experiment,
-    dvc_failed,
-    format_table,
-    sweep_keys,
-    table,
-)
 
 from .conftest import load_stage, write_params
 from .s3_store import REMOTE, URL, Server
@@ -64,7 +58,7 @@ def run_sweep(root: Path, overrides: list[str]) -> subprocess.CompletedProcess:
     args = [arg for o in overrides for arg in ("-S", o)]
     try:
         return subprocess.run(
-            [sys.executable, "-m", "fmnist.tools.sweep", "--jobs", str(JOBS), *args],
+            [sys.executable, "-m", "fmnist.experiments.sweep", "--jobs", str(JOBS), *args],
             cwd=root,
             env=env,
             capture_output=True,
@@ -154,7 +148,7 @@ def test_push_without_a_dvc_remote_pushes_the_commits_and_succeeds(swept, tmp_pa
     env = dict(os.environ, DVC_NO_ANALYTICS="1", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     args = [arg for o in GRID for arg in ("-S", o)]
     result = subprocess.run(
-        [sys.executable, "-m", "fmnist.tools.sweep", *args, "--push", "team"],
+        [sys.executable, "-m", "fmnist.experiments.sweep", *args, "--push", "team"],
         cwd=root,
         env=env,
         capture_output=True,
@@ -252,7 +246,7 @@ def run_tool(root: Path, server: Server, *args: str) -> subprocess.CompletedProc
     """Run `fmnist-sweep ARGS` in `root` to its end; stop whatever it left, whatever happened."""
     try:
         return subprocess.run(
-            [sys.executable, "-m", "fmnist.tools.sweep", *args],
+            [sys.executable, "-m", "fmnist.experiments.sweep", *args],
             cwd=root,
             env=tool_env(server),
             capture_output=True,
@@ -291,7 +285,7 @@ def origin(tmp_path_factory, tiny_data, server) -> Path:
     bare = work.parent / "origin.git"
     git("init", "-q", "--bare", "-b", "main", str(bare), cwd=work.parent)
     git("push", "-q", str(bare), "main", cwd=work)
-    run([sys.executable, "-m", "fmnist.tools.remote", "push"], work, server.credentials)
+    run([sys.executable, "-m", "fmnist.experiments.remote", "push"], work, server.credentials)
     return bare
 
 
@@ -317,7 +311,7 @@ def shards(origin, server, tmp_path_factory) -> Shards:
     a = clone(origin, origin.parent / "a", server)
     b = clone(origin, origin.parent / "b", server)
     log = tmp_path_factory.mktemp("shard-b") / "output.log"
-    command = [sys.executable, "-m", "fmnist.tools.sweep", *SHARD_ARGS, "--push", "--shard"]
+    command = [sys.executable, "-m", "fmnist.experiments.sweep", *SHARD_ARGS, "--push", "--shard"]
     with log.open("w") as out:
         other = spawn([*command, "2/2"], cwd=b, env=tool_env(server), stdout=out, stderr=out)
     with (log.parent / "a.log").open("w") as out:  # shown by the tests below if they fail

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from fmnist.experiments import grid, queue, report, share, stop, sweep
+from fmnist.experiments.grid import combinations
+from fmnist.experiments.queue import TAG_ENV, split_override
 from fmnist.pipeline.paths import METRICS_FILE
 from fmnist.pipeline.processes import Owned, kill_all, spawn, stop_group, tagged
-from fmnist.tools import sweep
-from fmnist.tools.grid import combinations
-from fmnist.tools.sweep import TAG_ENV, split_override
 
 from .test_faults import wait_for
 from .workflow_repo import BIN, committed_repo, copy_repo, dvc, ran_stages
@@ -28,6 +28,13 @@ pytestmark = pytest.mark.system
 
 GRID = ["models.model_2.lr=0.05,0.2", "models.model_2.hidden_units=4,6"]
 STOP_WITHIN_S = 10.0
+
+
+def patch_everywhere(monkeypatch: pytest.MonkeyPatch, name: str, value: object) -> None:
+    """Replace `name` in every module of the experiments package that has it (each imported it)."""
+    for module in (grid, queue, report, share, stop, sweep):
+        if hasattr(module, name):
+            monkeypatch.setattr(module, name, value)
 
 
 def sweep_processes(root: Path) -> list[int]:
@@ -53,7 +60,7 @@ def unfinished(root: Path) -> list[str]:
 def start_sweep(root: Path, *args: str) -> subprocess.Popen[str]:
     """Start the tool in `root` as a user would, in the background."""
     env = dict(os.environ, DVC_NO_ANALYTICS="1", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    command = [sys.executable, "-m", "fmnist.tools.sweep", "--jobs", "2", *args]
+    command = [sys.executable, "-m", "fmnist.experiments.sweep", "--jobs", "2", *args]
     return spawn(
         [*command, *(a for o in GRID for a in ("-S", o))],
         cwd=root,
@@ -130,9 +137,9 @@ def test_stop_drops_only_the_entries_a_sweep_queued(monkeypatch, tmp_path, capsy
         calls.append(args)
         return listing if args[:2] == ("queue", "status") else ""
 
-    monkeypatch.setattr(sweep, "run_dvc", dvc_call)
-    monkeypatch.setattr(sweep, "stop_processes", lambda tag: [])
-    sweep.stop_repository_sweeps()
+    patch_everywhere(monkeypatch, "run_dvc", dvc_call)
+    patch_everywhere(monkeypatch, "stop_processes", lambda tag: [])
+    stop.stop_repository_sweeps()
     assert ("queue", "kill", "--force", "sweep-0123456789") in calls
     assert ("queue", "remove", "sweep-0123456789") in calls
     assert not [call for call in calls if "my-own" in call]
@@ -166,7 +173,7 @@ def test_a_killed_tools_workers_are_stopped_by_stop(repo):
         stop_group(tool)
     env = dict(os.environ, DVC_NO_ANALYTICS="1")
     stop = subprocess.run(
-        [sys.executable, "-m", "fmnist.tools.sweep", "--stop"],
+        [sys.executable, "-m", "fmnist.experiments.sweep", "--stop"],
         cwd=repo,
         env=env,
         capture_output=True,
@@ -222,10 +229,10 @@ def fake_dvc(monkeypatch, shown: list[dict]) -> None:
             return json.dumps([{"experiments": [{"revs": shown}]}] if shown else [])
         return ""
 
-    monkeypatch.setattr(sweep, "run_dvc", dvc)
-    monkeypatch.setattr(sweep, "workspace_tree", lambda: "")
-    monkeypatch.setattr(sweep, "queue_log", lambda name, env: "error: no such device cuda:1\n")
-    monkeypatch.setattr(sweep, "POLL_S", 0)
+    patch_everywhere(monkeypatch, "run_dvc", dvc)
+    patch_everywhere(monkeypatch, "workspace_tree", lambda: "")
+    patch_everywhere(monkeypatch, "queue_log", lambda name, env: "error: no such device cuda:1\n")
+    patch_everywhere(monkeypatch, "POLL_S", 0)
 
 
 def test_a_value_with_a_colon_reaches_the_table_and_the_csv(tmp_path, monkeypatch, capsys):
@@ -287,8 +294,8 @@ def test_a_killed_runs_leftover_entry_of_a_finished_experiment_is_dropped(
             return json.dumps([{"experiments": [{"revs": revs}]}])
         return ""
 
-    monkeypatch.setattr(sweep, "run_dvc", dvc)
-    monkeypatch.setattr(sweep, "workspace_tree", lambda: "")
+    patch_everywhere(monkeypatch, "run_dvc", dvc)
+    patch_everywhere(monkeypatch, "workspace_tree", lambda: "")
     monkeypatch.chdir(tmp_path)
     sweep.sweep(["runtime.device=cpu,cuda:1"], 1, 5, tmp_path / "out")
     assert ("queue", "kill", "--force", GOOD) in calls
@@ -303,5 +310,5 @@ def test_a_stop_leaves_no_copy_of_the_secret_readable_by_others(tmp_path, monkey
     copy.parent.mkdir(parents=True)
     copy.write_text("['remote \"local-store\"']\n    secret_access_key = s3cr3t\n")
     copy.chmod(0o644)  # as DVC's copy of a killed experiment's workspace was found
-    assert sweep.protect_secret_copies() == [Path(".dvc/tmp/exps/tmpab12cd/.dvc/config.local")]
+    assert stop.protect_secret_copies() == [Path(".dvc/tmp/exps/tmpab12cd/.dvc/config.local")]
     assert copy.stat().st_mode & 0o777 == 0o600

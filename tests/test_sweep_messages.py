@@ -3,7 +3,7 @@ queue's states are answered from recorded `dvc queue status` texts."""
 
 from __future__ import annotations
 
-from fmnist.tools import sweep
+from fmnist.experiments import queue as runner
 
 
 def fake_queue(monkeypatch, statuses: list[str]) -> list[tuple[str, ...]]:
@@ -16,9 +16,9 @@ def fake_queue(monkeypatch, statuses: list[str]) -> list[tuple[str, ...]]:
             return statuses.pop(0) if len(statuses) > 1 else statuses[0]
         return ""
 
-    monkeypatch.setattr(sweep, "run_dvc", dvc)
-    monkeypatch.setattr(sweep, "POLL_S", 0)
-    monkeypatch.setattr(sweep, "IDLE_S", 0)
+    monkeypatch.setattr(runner, "run_dvc", dvc)
+    monkeypatch.setattr(runner, "POLL_S", 0)
+    monkeypatch.setattr(runner, "IDLE_S", 0)
     return calls
 
 
@@ -32,13 +32,13 @@ def test_workers_that_stop_with_experiments_queued_are_started_again(monkeypatch
     stalled = status(("a", "Success"), ("b", "Queued"), workers=0)
     done = status(("a", "Success"), ("b", "Success"), workers=1)
     calls = fake_queue(monkeypatch, [stalled, done])
-    assert sweep.run_queue(["a", "b"], 2, {}, timeout_s=5) == {"a": "Success", "b": "Success"}
+    assert runner.run_queue(["a", "b"], 2, {}, timeout_s=5) == {"a": "Success", "b": "Success"}
     assert calls.count(("queue", "start", "--jobs", "2")) == 2
 
 
 def test_an_experiment_no_worker_will_run_is_reported_lost(monkeypatch):
     calls = fake_queue(monkeypatch, [status(("a", "Failed"), ("b", "Queued"), workers=0)])
-    assert sweep.run_queue(["a", "b", "c"], 2, {}, timeout_s=5) == {
+    assert runner.run_queue(["a", "b", "c"], 2, {}, timeout_s=5) == {
         "a": "Failed",
         "b": "Lost",
         "c": "Lost",  # not even in the queue any more

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fmnist.experiments.dvc_command import run_dvc
 from fmnist.pipeline.atomic import write_text
 from fmnist.pipeline.cli import command_parser, entry_point
 from fmnist.pipeline.errors import PipelineError
@@ -27,7 +28,6 @@ from fmnist.pipeline.paths import (
     METRICS_FILE,
     TIMINGS_DIR,
 )
-from fmnist.tools.dvc_command import run_dvc
 
 ACCURACY = ".accuracy"  # a model's test accuracy in `dvc metrics diff`: `<model>.accuracy`
 

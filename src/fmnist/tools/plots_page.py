@@ -20,10 +20,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from fmnist.experiments.dvc_command import run_dvc
 from fmnist.pipeline.atomic import atomic_open, write_text
 from fmnist.pipeline.cli import command_parser, entry_point
 from fmnist.pipeline.errors import PipelineError
-from fmnist.tools.dvc_command import run_dvc
 
 DEFAULT_OUT = Path("dvc_plots")
 PAGE = "index.html"
