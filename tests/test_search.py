@@ -21,7 +21,7 @@ from fmnist.experiments.queue import TAG_ENV
 from fmnist.pipeline.processes import Owned, kill_all, spawn, stop_group, tagged
 
 from .postgres import running_postgres
-from .workflow_repo import BIN, committed_repo, copy_repo, dvc, git
+from .workflow_repo import BIN, committed_repo, copy_repo, dvc, git, run_experiments_tool
 
 pytestmark = pytest.mark.system
 
@@ -38,17 +38,7 @@ def search(
     root: Path, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     """Run `fmnist-search ARGS` in `root` to its end; kill whatever it left, whatever happened."""
-    try:
-        return subprocess.run(
-            [sys.executable, "-m", "fmnist.experiments.search", *args],
-            cwd=root,
-            env=tool_env(env),
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT_S,
-        )
-    finally:
-        kill_all(tagged(TAG_ENV, str(root.resolve())), grace=1)
+    return run_experiments_tool("search", root, *args, env=env, timeout=RUN_TIMEOUT_S)
 
 
 def study_of(root: Path, name: str = "search", url: str | None = None, env: dict | None = None):

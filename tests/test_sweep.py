@@ -30,7 +30,16 @@ from fmnist.pipeline.processes import kill_all, spawn, stop_group, tagged
 
 from .conftest import load_stage, write_params
 from .s3_store import REMOTE, URL, Server
-from .workflow_repo import BIN, committed_repo, copy_repo, dvc, git, ran_stages, run
+from .workflow_repo import (
+    BIN,
+    committed_repo,
+    copy_repo,
+    dvc,
+    git,
+    ran_stages,
+    run,
+    run_experiments_tool,
+)
 
 # Real DVC queues, stores or several processes: `make test-system` (and CI) runs these.
 pytestmark = pytest.mark.system
@@ -145,16 +154,8 @@ def test_push_without_a_dvc_remote_pushes_the_commits_and_succeeds(swept, tmp_pa
     team = tmp_path / "team.git"
     git("init", "-q", "--bare", str(team), cwd=tmp_path)
     git("remote", "add", "team", str(team), cwd=root)
-    env = dict(os.environ, DVC_NO_ANALYTICS="1", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     args = [arg for o in GRID for arg in ("-S", o)]
-    result = subprocess.run(
-        [sys.executable, "-m", "fmnist.experiments.sweep", *args, "--push", "team"],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_experiments_tool("sweep", root, *args, "--push", "team", timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "already run under this commit, kept" in result.stdout  # nothing trained again
     assert "pushed 4 experiments to team" in result.stdout
@@ -244,17 +245,7 @@ def tool_env(server: Server) -> dict[str, str]:
 
 def run_tool(root: Path, server: Server, *args: str) -> subprocess.CompletedProcess:
     """Run `fmnist-sweep ARGS` in `root` to its end; stop whatever it left, whatever happened."""
-    try:
-        return subprocess.run(
-            [sys.executable, "-m", "fmnist.experiments.sweep", *args],
-            cwd=root,
-            env=tool_env(server),
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-    finally:
-        kill_all(tagged(TAG_ENV, str(root.resolve())), grace=1)
+    return run_experiments_tool("sweep", root, *args, env=server.credentials)
 
 
 def exp_refs(root: Path) -> dict[str, str]:

@@ -21,7 +21,7 @@ from fmnist.pipeline.paths import METRICS_FILE
 from fmnist.pipeline.processes import Owned, kill_all, spawn, stop_group, tagged
 
 from .test_faults import wait_for
-from .workflow_repo import BIN, committed_repo, copy_repo, dvc, ran_stages
+from .workflow_repo import BIN, committed_repo, copy_repo, dvc, ran_stages, run_experiments_tool
 
 # Real DVC queues, stores or several processes: `make test-system` (and CI) runs these.
 pytestmark = pytest.mark.system
@@ -171,15 +171,7 @@ def test_a_killed_tools_workers_are_stopped_by_stop(repo):
         assert sweep_processes(repo) != []
     finally:
         stop_group(tool)
-    env = dict(os.environ, DVC_NO_ANALYTICS="1")
-    stop = subprocess.run(
-        [sys.executable, "-m", "fmnist.experiments.sweep", "--stop"],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    stop = run_experiments_tool("sweep", repo, "--stop", timeout=120)
     assert stop.returncode == 0, stop.stdout + stop.stderr
     assert sweep_processes(repo) == []
     assert not any(line.split()[-1] == "Running" for line in unfinished(repo))

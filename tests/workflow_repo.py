@@ -82,3 +82,26 @@ def copy_repo(source: Path, dest: Path) -> Path:
     """Copy a repository with its git history and DVC cache, for a test to change freely."""
     shutil.copytree(source, dest, symlinks=True)
     return dest
+
+
+def run_experiments_tool(
+    command: str, root: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    """Run `fmnist-COMMAND ARGS` (sweep, search) in `root` as a user would, the venv on PATH;
+    kill whatever processes of the repository's runs it left, whatever happened."""
+    from fmnist.experiments.queue import TAG_ENV
+    from fmnist.pipeline.processes import kill_all, tagged
+
+    path = f"{BIN}{os.pathsep}{os.environ['PATH']}"
+    full = dict(os.environ, DVC_NO_ANALYTICS="1", PATH=path, **(env or {}))
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", f"fmnist.experiments.{command}", *args],
+            cwd=root,
+            env=full,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    finally:
+        kill_all(tagged(TAG_ENV, str(root.resolve())), grace=1)

@@ -667,23 +667,6 @@ def push_run_cache_outputs(name: str | None = None) -> int:
     return len(result.transferred)
 
 
-def push(name: str | None = None) -> None:
-    """Push outputs and run-cache so that another clone restores every run instead of running it."""
-    print(check_remote(name))
-    command = [
-        sys.executable,
-        "-m",
-        "dvc",
-        "push",
-        "--run-cache",
-        *([] if name is None else ["-r", name]),
-    ]
-    if subprocess.run(command).returncode != 0:
-        raise PipelineError("`dvc push --run-cache` failed (its error is above)")
-    sent = push_run_cache_outputs(name)
-    print(f"{sent} more objects pushed for the run-cache's metrics and plots")
-
-
 def pull_run_cache_outputs(name: str | None = None) -> int:
     """Fetch the objects of every run-cache entry's outputs; return how many were fetched."""
     # The other half of `push_run_cache_outputs`: `dvc pull --run-cache` brings the entries
@@ -703,21 +686,24 @@ def pull_run_cache_outputs(name: str | None = None) -> int:
     return fetched
 
 
+def sync(direction: str, name: str | None = None) -> None:
+    """`dvc push|pull --run-cache`, then the objects that restoring each run needs (see above)."""
+    print(check_remote(name))
+    command = [sys.executable, "-m", "dvc", direction, "--run-cache"]
+    if subprocess.run([*command, *([] if name is None else ["-r", name])]).returncode != 0:
+        raise PipelineError(f"`dvc {direction} --run-cache` failed (its error is above)")
+    moved = (push_run_cache_outputs if direction == "push" else pull_run_cache_outputs)(name)
+    print(f"{moved} more objects {direction}ed for the run-cache's metrics and plots")
+
+
+def push(name: str | None = None) -> None:
+    """Push outputs and run-cache so that another clone restores every run instead of running it."""
+    sync("push", name)
+
+
 def pull(name: str | None = None) -> None:
     """Pull outputs and run-cache, with what restoring each run needs, from the remote."""
-    print(check_remote(name))
-    command = [
-        sys.executable,
-        "-m",
-        "dvc",
-        "pull",
-        "--run-cache",
-        *([] if name is None else ["-r", name]),
-    ]
-    if subprocess.run(command).returncode != 0:
-        raise PipelineError("`dvc pull --run-cache` failed (its error is above)")
-    fetched = pull_run_cache_outputs(name)
-    print(f"{fetched} more objects pulled for the run-cache's metrics and plots")
+    sync("pull", name)
 
 
 @entry_point
