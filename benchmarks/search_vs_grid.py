@@ -73,18 +73,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, help="write the results as JSON here too")
     parser.add_argument("--seed", type=int, default=42, help="the searches' seed")
+    parser.add_argument(
+        "--runs",
+        default="grid,search,search --prune",
+        help="which runs, comma-separated; the others' figures are kept from --output",
+    )
     args = parser.parse_args(argv)
+    runs = [run.strip() for run in args.runs.split(",")]
     env_bin = Path(sys.executable).parent
     os.environ["PATH"] = f"{env_bin}{os.pathsep}{os.environ['PATH']}"
-    results = {}
+    kept = args.output and args.output.exists()
+    results = json.loads(args.output.read_text()) if kept else {}
     with tempfile.TemporaryDirectory(prefix="fmnist-search-bench-") as scratch:
-        root = clone(Path(scratch) / "grid")
-        sweep = [str(env_bin / "fmnist-sweep"), "--jobs", "1"]
-        wall, _ = timed([*sweep, *(a for o in GRID for a in ("-S", o))], root)
-        best, runs = grid_best(root)
-        results["grid"] = {"experiments": runs, "best_accuracy": best, "wall_s": wall}
-        print(f"grid: {results['grid']}", file=sys.stderr, flush=True)
+        if "grid" in runs:
+            root = clone(Path(scratch) / "grid")
+            sweep = [str(env_bin / "fmnist-sweep"), "--jobs", "1"]
+            wall, _ = timed([*sweep, *(a for o in GRID for a in ("-S", o))], root)
+            best, count = grid_best(root)
+            results["grid"] = {"experiments": count, "best_accuracy": best, "wall_s": wall}
+            print(f"grid: {results['grid']}", file=sys.stderr, flush=True)
         for name, extra in (("search", []), ("search --prune", ["--prune"])):
+            if name not in runs:
+                continue
             root = clone(Path(scratch) / name.replace(" ", "").replace("-", ""))
             command = [str(env_bin / "fmnist-search"), "--trials", "8", "--seed", str(args.seed)]
             command += [a for p in SPACE for a in ("-P", p)] + extra

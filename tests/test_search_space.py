@@ -124,3 +124,25 @@ def test_the_budget_counts_trials_in_number_order_and_not_the_failed(tmp_path):
 def test_trial_names_are_the_study_and_the_number():
     assert trial_name("lr-search", 7) == "lr-search-007"
     assert trial_name("lr-search", 1234) == "lr-search-1234"
+
+
+def test_the_charts_show_the_history_and_which_param_mattered(tmp_path):
+    import optuna
+
+    from fmnist.experiments.search import draw
+
+    storage = open_storage(f"sqlite:///{tmp_path}/study.db", 10)
+    study = optuna.create_study(study_name="charts", storage=storage, direction="maximize")
+    # The objective follows the batch size alone; the learning rate is noise.
+    for i, (batch, lr) in enumerate([(32, 0.05), (64, 0.06), (32, 0.1), (64, 0.12), (32, 0.08)]):
+        study.enqueue_trial({"models.model_2.batch_size": batch, "models.model_2.lr": lr})
+        trial = study.ask()
+        trial.suggest_categorical("models.model_2.batch_size", [32, 64])
+        trial.suggest_float("models.model_2.lr", 0.03, 0.15, log=True)
+        study.tell(trial, 0.89 - 0.0001 * i if batch == 32 else 0.86)
+    drawn = draw(study, tmp_path)
+    assert drawn == [tmp_path / "history.png", tmp_path / "importance.png"]
+    importance = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+    )
+    assert next(iter(importance)) == "models.model_2.batch_size"

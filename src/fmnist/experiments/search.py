@@ -246,12 +246,18 @@ def open_study(
     return study
 
 
-def make_sampler(seed: int, number: int) -> Any:
+def make_sampler(seed: int, number: int, budget: int) -> Any:
     """TPE, seeded by the study's seed and the trial's number: one worker proposes the same
     trials every time, and workers sharing a study never propose from the same seed."""
     import optuna
 
-    return optuna.samplers.TPESampler(seed=seed * 100_003 + number, constant_liar=True)
+    # TPE draws its first trials at random (10 by Optuna's default, more than a search of 8
+    # has): a third of the budget, at least 2, leaves the rest to learn from them.
+    return optuna.samplers.TPESampler(
+        seed=seed * 100_003 + number,
+        constant_liar=True,
+        n_startup_trials=min(10, max(2, budget // 3)),
+    )
 
 
 def counted(study: Any) -> tuple[int, int]:
@@ -334,7 +340,7 @@ def ask(search: Search, heartbeat: Heartbeat) -> str | None:
         search.study.tell(trial, state=TrialState.FAIL)
         return None
     # Params are drawn here, from a sampler seeded by this very trial's number.
-    search.study.sampler = make_sampler(search.seed, trial.number)
+    search.study.sampler = make_sampler(search.seed, trial.number, search.trials)
     heartbeat.add(trial._trial_id)
     values = {d.key: d.suggest(trial) for d in search.dimensions}
     name = trial_name(search.study.study_name, trial.number)
@@ -602,14 +608,17 @@ def draw(study: Any, out: Path) -> list[Path]:
     ax.step(numbers, best, where="post", label="best so far")
     ax.set_xlabel("trial")
     ax.set_ylabel(study.user_attrs.get("objective", "objective"))
-    ax.set_title(f"Search {study.study_name}: objective by trial")
+    ax.set_title(f"Study {study.study_name}: objective by trial")
     ax.legend()
     fig.tight_layout()
     save_figure(fig, out / "history.png")
     drawn.append(out / "history.png")
     if len(done) >= 3:
         with contextlib.suppress(RuntimeError, ValueError, ZeroDivisionError):
-            importance = optuna.importance.get_param_importances(study, normalize=True)
+            # fANOVA, seeded: Optuna's default (PED-ANOVA) judges from the best tenth of the
+            # trials, which a search of a few trials does not have.
+            evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+            importance = optuna.importance.get_param_importances(study, evaluator=evaluator)
             fig = new_figure((7, 0.5 * len(importance) + 1.5))
             ax = fig.add_subplot()
             names = [short_key(k) for k in importance][::-1]
@@ -617,7 +626,7 @@ def draw(study: Any, out: Path) -> list[Path]:
             ax.bar_label(bars, labels=[f"{v:.2f}" for v in list(importance.values())[::-1]])
             ax.set_xlim(0, 1.15)
             ax.set_xlabel("importance (fANOVA, share of the objective's variance)")
-            ax.set_title(f"Search {study.study_name}: param importance")
+            ax.set_title(f"Study {study.study_name}: param importance")
             fig.tight_layout()
             save_figure(fig, out / "importance.png")
             drawn.append(out / "importance.png")
