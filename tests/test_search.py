@@ -125,6 +125,7 @@ def training_trial(root: Path) -> int | None:
     return None
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_a_killed_worker_leaves_a_trial_that_is_failed_and_asked_again(base, tmp_path):
     from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
