@@ -105,7 +105,6 @@ class Search:
 
     dimensions: list[Dimension]
     objective: str
-    direction: str
     trials: int
     jobs: int
     seed: int
@@ -770,7 +769,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         search = Search(
             dimensions=dimensions,
             objective=objective,
-            direction=direction,
             trials=args.trials,
             jobs=args.jobs,
             seed=args.seed,
