@@ -76,7 +76,8 @@ postgres: ## Install Debian's PostgreSQL server when possible (root, apt-get), f
 		echo "PostgreSQL found"; \
 	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		echo "Installing postgresql with apt-get"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } || \
+			echo "Could not install PostgreSQL: the test of a study shared on PostgreSQL will be skipped"; \
 	else \
 		echo "No PostgreSQL here: the test of a study shared on PostgreSQL will be skipped"; \
 	fi
