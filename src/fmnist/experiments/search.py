@@ -28,12 +28,11 @@ import json
 import math
 import os
 import re
-import signal
 import subprocess
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,11 +58,10 @@ from fmnist.experiments.share import fetch, has_dvc_remote, share
 from fmnist.experiments.space import Dimension, parse_objective, parse_space
 from fmnist.experiments.stop import (
     CLEANUP_TIMEOUT_S,
-    STOP_SIGNALS,
-    _terminated,
     drop,
     not_busy,
     protect_secret_copies,
+    stop_on_signals,
     stop_processes,
     stop_workers,
     uninterrupted,
@@ -715,16 +713,6 @@ def stop_repository_searches(study: Any) -> None:
     print(f"stopped the search workers of {env[TAG_ENV]}; removed: {', '.join(mine) or 'nothing'}")
 
 
-@contextlib.contextmanager
-def signals_stop() -> Iterator[None]:
-    """SIGTERM and SIGHUP end the search as Ctrl-C does, through its clean-up."""
-    if threading.current_thread() is threading.main_thread():
-        for sig in STOP_SIGNALS:
-            if signal.getsignal(sig) is signal.SIG_DFL:
-                signal.signal(sig, _terminated)
-    yield
-
-
 @entry_point
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
@@ -747,53 +735,53 @@ def main(argv: Sequence[str] | None = None) -> None:
     shared = not args.storage.startswith("sqlite") or args.push
     if shared:  # other machines run the commit: it must be what runs here
         clean_workspace()
-    with signals_stop():
-        env = worker_env()
-        not_busy(env)
-        outputs = has_dvc_remote(args.remote) if args.push else False
-        study = open_study(
-            args.study,
-            storage,
-            direction,
-            dimensions,
-            objective,
-            pruner(args.trials) if args.prune else None,
+    stop_on_signals()
+    env = worker_env()
+    not_busy(env)
+    outputs = has_dvc_remote(args.remote) if args.push else False
+    study = open_study(
+        args.study,
+        storage,
+        direction,
+        dimensions,
+        objective,
+        pruner(args.trials) if args.prune else None,
+    )
+    clash = _old_experiments(study, env)
+    if clash:
+        raise PipelineError(
+            f"experiments {', '.join(clash)} exist from another study named {args.study!r}: "
+            "`dvc exp remove` them, or choose another --study"
         )
-        clash = _old_experiments(study, env)
-        if clash:
-            raise PipelineError(
-                f"experiments {', '.join(clash)} exist from another study named {args.study!r}: "
-                "`dvc exp remove` them, or choose another --study"
-            )
-        forget_stale_entries(study, env)
-        search = Search(
-            dimensions=dimensions,
-            objective=objective,
-            trials=args.trials,
-            jobs=args.jobs,
-            seed=args.seed,
-            prune=args.prune,
-            study=study,
-            storage=storage,
-            env=env,
-        )
-        started = time.monotonic()
-        print(
-            f"study {args.study} in {shown_url(args.storage)}: {args.trials} trials of "
-            f"{objective} ({direction}), {args.jobs} at a time",
-            flush=True,
-        )
-        try:
-            run_search(search, args.timeout_s, args.heartbeat_s)
-        finally:
-            with contextlib.suppress(PipelineError):
-                if survivors := stop_workers(env):
-                    raise PipelineError(f"processes {survivors} of the search did not stop")
-            if args.push:
-                mine = [n for n in own_names(study) if n in experiment_names(env)]
-                share(mine, args.push, args.remote, env, outputs)
-        print(f"searched for {clock(time.monotonic() - started)}", flush=True)
-        report(study, dimensions, objective, args.out)
+    forget_stale_entries(study, env)
+    search = Search(
+        dimensions=dimensions,
+        objective=objective,
+        trials=args.trials,
+        jobs=args.jobs,
+        seed=args.seed,
+        prune=args.prune,
+        study=study,
+        storage=storage,
+        env=env,
+    )
+    started = time.monotonic()
+    print(
+        f"study {args.study} in {shown_url(args.storage)}: {args.trials} trials of "
+        f"{objective} ({direction}), {args.jobs} at a time",
+        flush=True,
+    )
+    try:
+        run_search(search, args.timeout_s, args.heartbeat_s)
+    finally:
+        survivors = stop_workers(env)
+        if args.push:
+            mine = [n for n in own_names(study) if n in experiment_names(env)]
+            share(mine, args.push, args.remote, env, outputs)
+    if survivors:
+        raise PipelineError(f"processes {survivors} of the search's workers did not stop")
+    print(f"searched for {clock(time.monotonic() - started)}", flush=True)
+    report(study, dimensions, objective, args.out)
 
 
 def gather(study: Any, git_remote: str, remote: str | None, out: Path) -> None:

@@ -151,3 +151,12 @@ def stop_repository_sweeps() -> None:
 
 def _terminated(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
+
+
+def stop_on_signals() -> None:
+    """Have SIGTERM (a cancelled CI job, `kill`) and SIGHUP (a closed terminal, a lost ssh
+    session) end a sweep or search as Ctrl-C does, through its clean-up."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            if signal.getsignal(sig) is signal.SIG_DFL:
+                signal.signal(sig, _terminated)

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,10 +48,9 @@ from fmnist.experiments.queue import (
 from fmnist.experiments.report import report, summarise
 from fmnist.experiments.share import gather, has_dvc_remote, share
 from fmnist.experiments.stop import (
-    STOP_SIGNALS,
-    _terminated,
     forget,
     not_busy,
+    stop_on_signals,
     stop_repository_sweeps,
     stop_sweep,
     stop_workers,
@@ -216,12 +213,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if not args.overrides:
         raise PipelineError("give at least one -S KEY=V1,V2,... (or --stop)")
-    # SIGTERM (a CI job cancelled, `kill`) and SIGHUP (a closed terminal, a lost ssh session)
-    # stop the sweep as Ctrl-C does, through its cleanup.
-    if threading.current_thread() is threading.main_thread():
-        for sig in STOP_SIGNALS:
-            if signal.getsignal(sig) is signal.SIG_DFL:
-                signal.signal(sig, _terminated)
+    stop_on_signals()
     if args.gather:
         if args.push or args.shard != (1, 1):
             raise PipelineError("--gather runs nothing: give it without --shard and --push")
