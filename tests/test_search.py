@@ -21,7 +21,15 @@ from fmnist.experiments.queue import TAG_ENV
 from fmnist.pipeline.processes import Owned, kill_all, spawn, stop_group, tagged
 
 from .postgres import running_postgres
-from .workflow_repo import BIN, committed_repo, copy_repo, dvc, git, run_experiments_tool
+from .workflow_repo import (
+    BIN,
+    committed_repo,
+    copy_repo,
+    dvc,
+    git,
+    kill_queue_processes,
+    run_experiments_tool,
+)
 
 pytestmark = pytest.mark.system
 
@@ -164,6 +172,40 @@ def test_a_killed_worker_leaves_a_trial_that_is_failed_and_asked_again(base, tmp
     assert len(retried) == 1 and retried[0].params == trials[0].params  # asked again, as it was
     names = [t.user_attrs["experiment"] for t in complete]
     assert len(set(names)) == 2 and set(names) <= set(exp_names(root))
+
+
+def test_a_trial_that_dvcs_queue_loses_under_a_live_search_runs_again_under_its_name(
+    base, tmp_path
+):
+    from optuna.trial import TrialState
+
+    root = slow_repo(base, tmp_path / "repo")
+    log_path = tmp_path / "search.log"
+    with log_path.open("w") as log:
+        tool = spawn(
+            [sys.executable, "-m", "fmnist.experiments.search", "--trials", "1", "-P", SPACE[1]],
+            cwd=root,
+            env=tool_env(),
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while training_trial(root) is None:
+            assert tool.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "no trial started training"
+            time.sleep(0.5)
+        # The worker and the trial's stages die, the search lives: DVC's entry says `Running`
+        # for ever, as when a worker takes a trial while it stops for an empty queue.
+        assert kill_queue_processes(root) > 0
+        assert tool.wait(timeout=RUN_TIMEOUT_S) == 0, log_path.read_text()
+    finally:
+        stop_group(tool)
+        kill_all(tagged(TAG_ENV, str(root.resolve())), grace=1)
+    out = log_path.read_text()
+    assert "trial 0 (search-000) was lost by DVC's queue: queued it again" in out
+    assert [t.state for t in study_of(root).get_trials()] == [TrialState.COMPLETE]
+    assert exp_names(root) == ["search-000"]
 
 
 def test_pruning_stops_a_trial_that_falls_behind_and_ends_its_processes(base, tmp_path):

@@ -21,7 +21,15 @@ from fmnist.pipeline.paths import METRICS_FILE
 from fmnist.pipeline.processes import Owned, kill_all, spawn, stop_group, tagged
 
 from .test_faults import wait_for
-from .workflow_repo import BIN, committed_repo, copy_repo, dvc, ran_stages, run_experiments_tool
+from .workflow_repo import (
+    BIN,
+    committed_repo,
+    copy_repo,
+    dvc,
+    kill_queue_processes,
+    ran_stages,
+    run_experiments_tool,
+)
 
 # Real DVC queues, stores or several processes: `make test-system` (and CI) runs these.
 pytestmark = pytest.mark.system
@@ -175,6 +183,25 @@ def test_a_killed_tools_workers_are_stopped_by_stop(repo):
     assert stop.returncode == 0, stop.stdout + stop.stderr
     assert sweep_processes(repo) == []
     assert not any(line.split()[-1] == "Running" for line in unfinished(repo))
+
+
+def test_experiments_whose_workers_die_under_a_live_sweep_run_again(repo):
+    tool = start_sweep(repo)
+    try:
+        wait_for(lambda: training(repo), "an experiment to train", timeout_s=240)
+        # DVC's entries of the experiments they ran say `Running` for ever: nothing of theirs
+        # lives to say otherwise, and no worker will take them again.
+        assert kill_queue_processes(repo) > 0
+        stdout, stderr = tool.communicate(timeout=900)
+    finally:
+        stop_group(tool)
+    assert tool.returncode == 0, stdout + stderr
+    assert "lost by DVC's queue, not in the pipeline: queued it again" in stdout
+    listed = json.loads(dvc("exp", "show", "--json", cwd=repo))
+    done = [r["name"] for b in listed for g in b.get("experiments") or [] for r in g["revs"]]
+    assert len(done) == len(set(done)) == len(combinations(GRID))  # each once
+    assert "Success" in stdout and not {"Failed", "Lost"} & set(stdout.split())
+    assert unfinished(repo) == []
 
 
 def test_two_thread_counts_are_two_runs_for_dvc(repo):

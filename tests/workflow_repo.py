@@ -6,11 +6,14 @@ cache included, instead of running the whole pipeline again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -105,3 +108,22 @@ def run_experiments_tool(
         )
     finally:
         kill_all(tagged(TAG_ENV, str(root.resolve())), grace=1)
+
+
+def kill_queue_processes(root: Path) -> int:
+    """SIGKILL every worker and stage of `root`'s queue at once, as a lost machine would end
+    them: nothing of theirs records how the run ended. Return how many there were."""
+    from fmnist.experiments.queue import TAG_ENV
+    from fmnist.pipeline.processes import tagged
+
+    killed: set[int] = set()
+    for _ in range(5):  # a worker may start a child while the others die
+        pids = tagged(TAG_ENV, str(root.resolve()))
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        killed |= set(pids)
+        time.sleep(0.2)
+    return len(killed)

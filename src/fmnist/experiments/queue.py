@@ -17,6 +17,7 @@ from typing import Any
 from fmnist.experiments.dvc_command import run_dvc
 from fmnist.pipeline.errors import PipelineError
 from fmnist.pipeline.paths import METRICS_FILE
+from fmnist.pipeline.processes import tagged
 
 DONE = ("Success", "Failed")
 # How often to ask DVC for the queue's state: soon at first, for experiments that restore from
@@ -72,6 +73,13 @@ def worker_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     env["DVC_NO_ANALYTICS"] = "1"
     env[TAG_ENV] = sweep_tag()
     return env
+
+
+def queue_alive(env: Mapping[str, str]) -> bool:
+    """Whether a process of this repository's queue lives: a worker, or a run it started."""
+    # `dvc queue status` misses a worker that is busy starting up; the processes do not lie.
+    tag = env.get(TAG_ENV)
+    return bool(tag) and bool(tagged(TAG_ENV, tag))
 
 
 def split_override(override: str) -> tuple[str, str]:
@@ -151,7 +159,8 @@ def run_queue(
     """
     # DVC's workers can stop while experiments are still queued (dvc#10562, seen with
     # --jobs > 1); an experiment is then never run. Start them again when that happens, and
-    # call an experiment that twice more finds no worker to run it lost.
+    # call an experiment that twice more finds no worker to run it lost, as is one that DVC
+    # says runs while no process of the queue lives.
     run_dvc("queue", "start", "--jobs", str(jobs), env=env)
     deadline = time.monotonic() + timeout_s
     restarts, idle_since, wait = 0, None, min(FIRST_POLL_S, POLL_S)
@@ -164,14 +173,16 @@ def run_queue(
             print(line, flush=True)
         if all(state in (*DONE, "Lost") for state in mine.values()):
             return mine
-        running = any(state == "Running" for state in mine.values())
         now = time.monotonic()
-        if running or workers:
+        if workers or queue_alive(env):
             idle_since = None
         elif idle_since is None:
             idle_since = now
         if idle_since is not None and now - idle_since >= IDLE_S:
-            if restarts == 2:
+            # Nothing of the queue lives. A `Running` entry is then one that a worker took as it
+            # stopped and never ran: no worker will ever run it. Queued ones get new workers.
+            queued = any(state == "Queued" for state in mine.values())
+            if restarts == 2 or not queued:
                 return {n: s if s in DONE else "Lost" for n, s in mine.items()}
             run_dvc("queue", "start", "--jobs", str(jobs), env=env)
             restarts, idle_since = restarts + 1, None

@@ -42,6 +42,7 @@ from fmnist.experiments.grid import clean_workspace
 from fmnist.experiments.queue import (
     DONE,
     FIRST_POLL_S,
+    IDLE_S,
     POLL_S,
     TAG_ENV,
     clock,
@@ -49,6 +50,7 @@ from fmnist.experiments.queue import (
     experiment_names,
     failure_reason,
     queue,
+    queue_alive,
     queue_log,
     queue_status,
     worker_env,
@@ -79,6 +81,7 @@ SEARCH_POLL_S = 3.0  # with --prune, the live curves are read at least this ofte
 IDLE_POLLS = 10  # polls with queued trials and no worker before the workers are started again
 RUNS_DIR = Path(".dvc") / "tmp" / "exps" / "run"  # DVC's record of each queued run
 STORAGE_ATTEMPTS = 5
+REQUEUES = 2  # times a trial that DVC's queue lost is queued again before it counts as failed
 
 
 def trial_name(study: str, number: int) -> str:
@@ -95,6 +98,8 @@ class Pending:
     seen_training: bool = False
     reported: int = 0  # epochs reported to the pruner
     polls_missing: int = 0
+    stranded_since: float | None = None  # `Running` in DVC's queue with no process of it alive
+    requeued: int = 0
 
 
 @dataclass
@@ -343,7 +348,7 @@ def ask(search: Search, heartbeat: Heartbeat) -> str | None:
     name = trial_name(search.study.study_name, trial.number)
     trial.set_user_attr("experiment", name)
     try:
-        queue([f"{key}={value!r}" for key, value in values.items()], name, search.env)
+        queue(overrides(values), name, search.env)
     except BaseException:
         heartbeat.remove(trial._trial_id)
         search.study.tell(trial, state=TrialState.FAIL)
@@ -352,6 +357,11 @@ def ask(search: Search, heartbeat: Heartbeat) -> str | None:
     shown = ", ".join(f"{short_key(k)}={_shown(v)}" for k, v in values.items())
     print(f"trial {trial.number} ({name}): {shown}", flush=True)
     return name
+
+
+def overrides(values: Mapping[str, Any]) -> list[str]:
+    """A trial's values as `dvc exp run -S` overrides."""
+    return [f"{key}={value!r}" for key, value in values.items()]
 
 
 def _shown(value: Any) -> str:
@@ -461,6 +471,24 @@ def settle(search: Search, name: str, state: str, heartbeat: Heartbeat) -> None:
         print(f"trial {trial.number} ({name}): {search.objective} {value:.4f}", flush=True)
 
 
+def requeue(search: Search, name: str, states: Mapping[str, str], heartbeat: Heartbeat) -> None:
+    """Queue again, under its name, a trial that DVC's queue lost: DVC says it runs, but no
+    worker or stage of this repository lives (a worker that stopped as it took the trial)."""
+    pending = search.pending[name]
+    drop([name], states, search.env)
+    if pending.requeued >= REQUEUES:
+        settle(search, name, "Lost", heartbeat)
+        return
+    pending.requeued += 1
+    # Its epochs already reported stay reported: the same values run again, with the same seed.
+    pending.stranded_since, pending.seen_training = None, False
+    queue(overrides(pending.values), name, search.env)
+    print(
+        f"trial {pending.trial.number} ({name}) was lost by DVC's queue: queued it again",
+        flush=True,
+    )
+
+
 def prune(search: Search, name: str, states: Mapping[str, str], heartbeat: Heartbeat) -> None:
     """Stop a trial the pruner gave up on, and record it as pruned with what it reported."""
     from optuna.trial import TrialState
@@ -502,9 +530,10 @@ def run_search(search: Search, timeout_s: float, heartbeat_s: float = HEARTBEAT_
                     time.sleep(most)
                     continue
                 states, workers = queue_status(search.env)
+                alive = bool(workers) or queue_alive(search.env)
                 # Workers leave when the queue has been empty a while; start them when trials
                 # wait with none, and again if none has come after IDLE_POLLS polls.
-                if any(states.get(n) == "Queued" for n in search.pending) and not workers:
+                if any(states.get(n) == "Queued" for n in search.pending) and not alive:
                     if idle % IDLE_POLLS == 0:
                         run_dvc("queue", "start", "--jobs", str(search.jobs), env=search.env)
                     idle += 1
@@ -512,12 +541,19 @@ def run_search(search: Search, timeout_s: float, heartbeat_s: float = HEARTBEAT_
                     idle = 0
                 for name, pending in list(search.pending.items()):
                     state = states.get(name)
+                    if state != "Running" or alive:
+                        pending.stranded_since = None
                     if state is None:
                         pending.polls_missing += 1
                         if pending.polls_missing >= 3:
                             settle(search, name, "Lost", heartbeat)
                     elif state in DONE:
                         settle(search, name, state, heartbeat)
+                    elif state == "Running" and not alive:
+                        if pending.stranded_since is None:
+                            pending.stranded_since = time.monotonic()
+                        elif time.monotonic() - pending.stranded_since >= IDLE_S:
+                            requeue(search, name, states, heartbeat)
                     elif state == "Running" and search.prune and prune_check(search, name, pending):
                         prune(search, name, states, heartbeat)
                 time.sleep(wait)

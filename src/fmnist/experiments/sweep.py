@@ -41,6 +41,7 @@ from fmnist.experiments.queue import (
     experiment_names,
     queue,
     queue_log,
+    queue_status,
     run_queue,
     sweep_keys,
     worker_env,
@@ -118,12 +119,21 @@ def sweep(
             progress = Progress(len(todo))
             states.update(run_queue(todo, jobs, env, timeout_s, seen, progress))
             logs = {n: queue_log(n, env) for n in todo if states[n] == "Failed"}
-            retry = [name for name in todo if name in logs and dvc_failed(logs[name])]
+            # Failed in DVC, or stranded: DVC says it runs, but no process of the queue lives (a
+            # worker took it as it stopped). Lost ones that left the queue were removed by hand.
+            listed = queue_status(env)[0] if "Lost" in states.values() else {}
+            stranded = [n for n in todo if states[n] == "Lost" and listed.get(n) == "Running"]
+            retry = [
+                name
+                for name in todo
+                if name in stranded or (name in logs and dvc_failed(logs[name]))
+            ]
             if retry:
                 forget(retry, env)
                 for name in retry:
                     queue(queued[name], name, env)
-                    print(f"{name} failed in DVC, not in the pipeline: queued it again")
+                    why = "lost by DVC's queue" if name in stranded else "failed in DVC"
+                    print(f"{name} {why}, not in the pipeline: queued it again", flush=True)
                     seen[name] = "Queued"
                 states.update(run_queue(retry, jobs, env, timeout_s, seen, progress))
     except BaseException:
