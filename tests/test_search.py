@@ -133,6 +133,29 @@ def training_trial(root: Path) -> int | None:
     return None
 
 
+def search_until_training(root: Path, args: list[str], log_path: Path) -> subprocess.Popen:
+    """Start `fmnist-search ARGS` in `root`, its output to `log_path`; return once a trial's
+    train stage runs (the tool is stopped if it ends or none starts within 300 s)."""
+    with log_path.open("w") as log:
+        tool = spawn(
+            [sys.executable, "-m", "fmnist.experiments.search", *args],
+            cwd=root,
+            env=tool_env(),
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while training_trial(root) is None:
+            assert tool.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "no trial started training"
+            time.sleep(0.5)
+    except BaseException:
+        stop_group(tool)
+        raise
+    return tool
+
+
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_a_killed_worker_leaves_a_trial_that_is_failed_and_asked_again(base, tmp_path):
     from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -140,20 +163,8 @@ def test_a_killed_worker_leaves_a_trial_that_is_failed_and_asked_again(base, tmp
 
     root = slow_repo(base, tmp_path / "repo")
     args = ["--trials", "2", "--jobs", "1", "--heartbeat-s", "1", "-P", SPACE[1]]
-    log = (tmp_path / "first.log").open("w")
-    tool = spawn(
-        [sys.executable, "-m", "fmnist.experiments.search", *args],
-        cwd=root,
-        env=tool_env(),
-        stdout=log,
-        stderr=log,
-    )
+    tool = search_until_training(root, args, tmp_path / "first.log")
     try:
-        deadline = time.monotonic() + 300
-        while training_trial(root) is None:
-            assert tool.poll() is None, (tmp_path / "first.log").read_text()
-            assert time.monotonic() < deadline, "no trial started training"
-            time.sleep(0.5)
         # As when the machine is lost: the tool and DVC's workers die at once, no clean-up.
         os.kill(tool.pid, signal.SIGKILL)
         kill_all(tagged(TAG_ENV, str(root.resolve())), grace=0)
@@ -181,20 +192,8 @@ def test_a_trial_that_dvcs_queue_loses_under_a_live_search_runs_again_under_its_
 
     root = slow_repo(base, tmp_path / "repo")
     log_path = tmp_path / "search.log"
-    with log_path.open("w") as log:
-        tool = spawn(
-            [sys.executable, "-m", "fmnist.experiments.search", "--trials", "1", "-P", SPACE[1]],
-            cwd=root,
-            env=tool_env(),
-            stdout=log,
-            stderr=log,
-        )
+    tool = search_until_training(root, ["--trials", "1", "-P", SPACE[1]], log_path)
     try:
-        deadline = time.monotonic() + 300
-        while training_trial(root) is None:
-            assert tool.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "no trial started training"
-            time.sleep(0.5)
         # The worker and the trial's stages die, the search lives: DVC's entry says `Running`
         # for ever, as when a worker takes a trial while it stops for an empty queue.
         assert kill_queue_processes(root) > 0
