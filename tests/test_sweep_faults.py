@@ -186,7 +186,8 @@ def test_a_killed_tools_workers_are_stopped_by_stop(repo):
 
 
 def test_experiments_whose_workers_die_under_a_live_sweep_run_again(repo):
-    tool = start_sweep(repo)
+    # One worker, killed as it trains: never mid-commit, where it would leave git's locks.
+    tool = start_sweep(repo, "--jobs", "1")
     try:
         wait_for(lambda: training(repo), "an experiment to train", timeout_s=240)
         # DVC's entries of the experiments they ran say `Running` for ever: nothing of theirs
