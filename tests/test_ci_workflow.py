@@ -62,7 +62,7 @@ def test_steps_install_lint_test_check_the_lock_pull_run_push_then_report():
         index_of(r"\bmake lock-check\b"),
         index_of(r"\bmake verify\b"),
         index_of(r"dvc remote add --local --default"),
-        index_of(r"dvc pull --run-cache"),
+        index_of(r"\bfmnist-remote pull --allow-missing"),
         index_of(r"\bmake repro\b"),
         index_of(r"\bfmnist-remote push"),
         index_of(r"\bfmnist-report .*--out report\.md"),
@@ -78,7 +78,7 @@ REMOTE_SET = "env.DVC_REMOTE_URL != ''"
 def test_the_remote_comes_from_secrets_and_is_used_only_when_they_name_one():
     assert JOB["env"]["DVC_REMOTE_URL"] == "${{ secrets.DVC_REMOTE_URL }}"
     configure = STEPS[index_of(r"dvc remote add")]
-    pull = STEPS[index_of(r"dvc pull")]
+    pull = STEPS[index_of(r"\bfmnist-remote pull")]
     push = STEPS[index_of(r"\bfmnist-remote push")]
     for step in (configure, pull, push):
         assert step["if"].startswith(REMOTE_SET)

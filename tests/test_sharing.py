@@ -124,6 +124,30 @@ def test_predict_works_in_the_fresh_clone_with_the_pulled_weights(clone_b):
     assert "item.png" in shown and "%" in shown
 
 
+def test_a_commit_whose_results_no_one_pushed_pulls_with_allow_missing_and_runs_its_change(
+    clone_a, server, tmp_path, tiny_data
+):
+    # As CI on a new commit: everything else comes from the remote, the change runs.
+    ahead = copy_repo(clone_a, tmp_path / "ahead")
+    write_params(ahead / "params.yaml", tiny_params(tiny_data, model_0={"lr": 0.05}))
+    dvc("repro", cwd=ahead)
+    git("add", "-A", cwd=ahead)
+    git("commit", "-q", "-m", "Halve model_0's learning rate", cwd=ahead)  # not pushed
+    clone = tmp_path / "clone"
+    git("clone", "-q", str(ahead), str(clone), cwd=tmp_path)
+    command = [str(BIN / "python"), "-m", "fmnist.experiments.remote", "pull"]
+    plain = run_unchecked(command, clone, server.credentials)
+    assert plain.returncode == 1, plain.stdout + plain.stderr
+    assert plain.stderr.strip().splitlines()[-1].endswith("; --allow-missing goes on")
+    run([*command, "--allow-missing"], clone, server.credentials)
+    pulled = (clone / "models/model_2.pth").read_bytes()
+    assert pulled == (ahead / "models/model_2.pth").read_bytes()
+    # compare's inputs come out as committed, bit for bit: its committed outputs stand.
+    assert sorted(ran_stages(dvc("repro", cwd=clone))) == ["evaluate@model_0", "train@model_0"]
+    assert status(clone) == {}
+    assert weights_and_metrics(clone) == weights_and_metrics(ahead)
+
+
 def test_a_pulled_clone_restores_a_failed_stage_once_its_param_is_back(clone_b, tiny_data):
     # The troubleshooting page's promise, on a clone that only pulled: a bad lr fails the stage
     # after DVC removed its outputs; with the value back, `dvc repro` restores, never trains.

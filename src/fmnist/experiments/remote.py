@@ -6,6 +6,7 @@
     fmnist-remote check [NAME]   # reach the remote with its credentials, or say why not
     fmnist-remote push [NAME]    # dvc push --run-cache, and what restoring runs needs
     fmnist-remote pull [NAME]    # dvc pull --run-cache, and what restoring runs needs
+    fmnist-remote pull --allow-missing  # go on past outputs no one pushed (CI: repro makes them)
 
 The store keeps its objects, credentials and log under `.storage/` (git-ignored), so a restart
 finds what was pushed before. Its credentials are made at the first start and written only to
@@ -667,14 +668,15 @@ def push_run_cache_outputs(name: str | None = None) -> int:
     return len(result.transferred)
 
 
-def pull_run_cache_outputs(name: str | None = None) -> int:
-    """Fetch the objects of every run-cache entry's outputs; return how many were fetched."""
+def pull_run_cache_outputs(name: str | None = None) -> tuple[int, int]:
+    """Fetch the objects of every run-cache entry's outputs; return how many were fetched, and
+    how many the remote lacks."""
     # The other half of `push_run_cache_outputs`: `dvc pull --run-cache` brings the entries
     # but not the objects of their `cache: false` outputs, without which no run restores.
     from dvc.repo import Repo
     from dvc_data.hashfile.hash_info import HashInfo
 
-    fetched = 0
+    fetched, missing = 0, set()
     with Repo() as repo:
         local = repo.cache.local
         for _ in range(2):  # a folder's listing first, then the files it lists
@@ -683,17 +685,28 @@ def pull_run_cache_outputs(name: str | None = None) -> int:
                 break
             result = repo.cloud.pull({HashInfo("md5", md5) for md5 in missing}, remote=name)
             fetched += len(result.transferred)
-    return fetched
+        missing = {md5 for md5 in run_cache_objects(repo) if not local.exists(md5)}
+    return fetched, len(missing)
 
 
-def sync(direction: str, name: str | None = None) -> None:
+def sync(direction: str, name: str | None = None, allow_missing: bool = False) -> None:
     """`dvc push|pull --run-cache`, then the objects that restoring each run needs (see above)."""
     print(check_remote(name))
     command = [sys.executable, "-m", "dvc", direction, "--run-cache"]
+    command += ["--allow-missing"] if allow_missing else []
     if subprocess.run([*command, *([] if name is None else ["-r", name])]).returncode != 0:
-        raise PipelineError(f"`dvc {direction} --run-cache` failed (its error is above)")
-    moved = (push_run_cache_outputs if direction == "push" else pull_run_cache_outputs)(name)
-    print(f"{moved} more objects {direction}ed for the run-cache's metrics and plots")
+        hint = "" if allow_missing or direction == "push" else "; --allow-missing goes on"
+        raise PipelineError(f"`dvc {direction} --run-cache` failed (its error is above){hint}")
+    if direction == "push":
+        moved = push_run_cache_outputs(name)
+        print(f"{moved} more objects pushed for the run-cache's metrics and plots")
+        return
+    moved, lacking = pull_run_cache_outputs(name)
+    print(f"{moved} more objects pulled for the run-cache's metrics and plots")
+    if lacking:
+        # The runs they belong to cannot be restored here, and train again if `dvc repro`
+        # needs them: the clone that ran them has not run `make push`.
+        print(f"{lacking} objects of the run-cache are not on the remote: their runs will run")
 
 
 def push(name: str | None = None) -> None:
@@ -701,9 +714,11 @@ def push(name: str | None = None) -> None:
     sync("push", name)
 
 
-def pull(name: str | None = None) -> None:
-    """Pull outputs and run-cache, with what restoring each run needs, from the remote."""
-    sync("pull", name)
+def pull(name: str | None = None, allow_missing: bool = False) -> None:
+    """Pull outputs and run-cache, with what restoring each run needs, from the remote;
+    `allow_missing` goes on past outputs the remote lacks (a commit whose results no one
+    pushed: `dvc repro` makes them)."""
+    sync("pull", name, allow_missing)
 
 
 @entry_point
@@ -723,6 +738,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     for sub in (check, sync, fetch):
         sub.add_argument("name", nargs="?", help="remote name (default: the default remote)")
+    fetch.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="go on when the remote lacks some outputs (`dvc repro` then makes them)",
+    )
     args = parser.parse_args(argv)
     if args.command == "start":
         store = start()
@@ -738,7 +758,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "push":
         push(args.name)
     elif args.command == "pull":
-        pull(args.name)
+        pull(args.name, args.allow_missing)
     else:
         print(check_remote(args.name))
 
