@@ -695,7 +695,9 @@ def sync(direction: str, name: str | None = None, allow_missing: bool = False) -
     command = [sys.executable, "-m", "dvc", direction, "--run-cache"]
     command += ["--allow-missing"] if allow_missing else []
     if subprocess.run([*command, *([] if name is None else ["-r", name])]).returncode != 0:
-        hint = "" if allow_missing or direction == "push" else "; --allow-missing goes on"
+        hint = ""
+        if direction == "pull" and not allow_missing:
+            hint = "; if the remote lacks some outputs, --allow-missing goes on past them"
         raise PipelineError(f"`dvc {direction} --run-cache` failed (its error is above){hint}")
     if direction == "push":
         moved = push_run_cache_outputs(name)
@@ -706,7 +708,10 @@ def sync(direction: str, name: str | None = None, allow_missing: bool = False) -
     if lacking:
         # The runs they belong to cannot be restored here, and train again if `dvc repro`
         # needs them: the clone that ran them has not run `make push`.
-        print(f"{lacking} objects of the run-cache are not on the remote: their runs will run")
+        print(
+            f"{lacking} objects of the run-cache's outputs are not on the remote: a stage "
+            "that needs them runs instead of being restored"
+        )
 
 
 def push(name: str | None = None) -> None:
