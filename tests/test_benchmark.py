@@ -74,6 +74,26 @@ def test_by_default_the_benchmark_times_each_numerics_mode_in_its_own_process(
     assert table in done.stdout and "| model_2 (tinyvgg) | fp32 |" in table
 
 
+def test_the_layout_benchmark_times_both_layouts_in_each_mode_in_its_own_process(project):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/conv_layout.py"), "--rounds", "1", "--steps", "2"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines()[2:]]
+    assert [(mode.split()[0], layout.strip()) for mode, layout, *_ in rows] == [
+        ("portable", "contiguous"),
+        ("portable", "channels_last"),
+        ("native", "contiguous"),
+        ("native", "channels_last"),
+    ]
+    assert "(AVX2)" in rows[0][0]  # the portable mode ran its pinned kernels
+    assert all(float(median) > 0 and float(best) > 0 for *_, median, best in rows)
+
+
 def test_pipeline_timing_runs_each_stage_command_without_dvc(
     tmp_path, tiny_data, capsys, monkeypatch
 ):
