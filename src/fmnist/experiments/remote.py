@@ -676,7 +676,7 @@ def pull_run_cache_outputs(name: str | None = None) -> tuple[int, int]:
     from dvc.repo import Repo
     from dvc_data.hashfile.hash_info import HashInfo
 
-    fetched, missing = 0, set()
+    fetched = 0
     with Repo() as repo:
         local = repo.cache.local
         for _ in range(2):  # a folder's listing first, then the files it lists
