@@ -170,15 +170,11 @@ SWEEP_DOC = yaml.safe_load(SWEEP.read_text())
 SWEEP_JOBS = SWEEP_DOC["jobs"]
 
 
-def script(job: str, pattern: str) -> dict:
-    """The step of a sweep job whose script matches `pattern`."""
-    (step,) = [s for s in SWEEP_JOBS[job]["steps"] if re.search(pattern, s.get("run", ""))]
+def script(job: str, pattern: str, jobs: dict | None = None) -> dict:
+    """The step of a job (of the sweep's workflow unless `jobs`) whose script matches `pattern`."""
+    steps = (SWEEP_JOBS if jobs is None else jobs)[job]["steps"]
+    (step,) = [s for s in steps if re.search(pattern, s.get("run", ""))]
     return step
-
-
-def test_the_sweep_workflow_passes_actionlint():
-    result = actionlint(SWEEP)
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_sweep_is_started_by_hand_with_a_grid_and_a_number_of_shards():
@@ -261,12 +257,6 @@ SHA = "0123456789abcdef0123456789abcdef01234567"
 STORAGE = "postgresql://fmnist@db.example:5432/studies"
 
 
-def search_step(job: str, pattern: str) -> dict:
-    """The step of a search job whose script matches `pattern`."""
-    (step,) = [s for s in SEARCH_JOBS[job]["steps"] if re.search(pattern, s.get("run", ""))]
-    return step
-
-
 def search_env(**extra: str) -> dict[str, str]:
     """What the runner puts in a search job's environment, the inputs included."""
     return {
@@ -280,8 +270,9 @@ def search_env(**extra: str) -> dict[str, str]:
     }
 
 
-def test_the_search_workflow_passes_actionlint():
-    result = actionlint(SEARCH)
+@pytest.mark.parametrize("workflow", [SWEEP, SEARCH], ids=["sweep", "search"])
+def test_the_hand_started_workflows_pass_actionlint(workflow):
+    result = actionlint(workflow)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -296,7 +287,7 @@ def test_the_search_is_started_by_hand_and_its_workers_share_one_study():
 
 
 def test_each_worker_runs_the_same_search_on_the_shared_study_and_pushes_its_trials(tmp_path):
-    step = search_step("search", r"fmnist-search")
+    step = script("search", r"fmnist-search", SEARCH_JOBS)
     result = run_step(step, tmp_path, search_env(), name="fmnist-search")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [
@@ -312,7 +303,7 @@ def test_each_worker_runs_the_same_search_on_the_shared_study_and_pushes_its_tri
 
 
 def test_a_search_without_a_shared_database_fails_at_once_and_says_what_to_set(tmp_path):
-    step = search_step("search", r"fmnist-search")
+    step = script("search", r"fmnist-search", SEARCH_JOBS)
     result = run_step(step, tmp_path, search_env(OPTUNA_STORAGE=""), name="fmnist-search")
     assert result.returncode == 1
     assert "::error::" in result.stdout and "OPTUNA_STORAGE" in result.stdout
@@ -320,7 +311,7 @@ def test_a_search_without_a_shared_database_fails_at_once_and_says_what_to_set(t
 
 
 def test_the_search_gather_reports_the_table_and_fails_when_trials_are_missing(tmp_path):
-    step = search_step("gather", r"fmnist-search .*--gather|--gather origin")
+    step = script("gather", r"fmnist-search .*--gather|--gather origin", SEARCH_JOBS)
     summary = tmp_path / "summary.md"
     env = search_env(GITHUB_STEP_SUMMARY=str(summary))
     assert run_step(step, tmp_path, env, name="fmnist-search").returncode == 0
